@@ -1,0 +1,78 @@
+"""The ``lab`` command: a thin dispatcher over subcommand modules.
+
+Each subcommand lives in ``lab/commands/<name>.py`` with two functions:
+``add_parser(subparsers)`` (argparse only; must not import torch so that
+``lab --help`` stays fast) and ``run(args) -> int``. Heavy imports happen
+inside ``run``. User errors (``lm.errors.LabError``) are printed as one
+paragraph on stderr with a non-zero exit code, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module; order is the order shown in --help.
+COMMANDS = {
+    "run": "lab.commands.run",
+    "runs": "lab.commands.runs",
+    "config": "lab.commands.config",
+    "sample": "lab.commands.sample",
+    "chat": "lab.commands.chat",
+    "calc": "lab.commands.calc",
+    "bench": "lab.commands.bench",
+    "data": "lab.commands.data",
+    "tokenizer": "lab.commands.tokenizer",
+    "queue": "lab.commands.queue",
+    "sweep": "lab.commands.sweep",
+    "compare": "lab.commands.compare",
+    "model": "lab.commands.model",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lab",
+        description="Train and study small transformer LMs. With no command, opens the console (TUI).",
+    )
+    parser.add_argument("--version", action="version", version="lab 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as e:
+            if e.name == modname:  # command not built in this checkout
+                continue
+            raise
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from lab.tui.launch import open_console
+
+        return _guard(lambda: open_console())
+    return _guard(lambda: args._run(args))
+
+
+def _guard(fn) -> int:
+    from lm.errors import LabError
+
+    try:
+        code = fn()
+    except LabError as e:
+        print(f"lab: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
