@@ -45,7 +45,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     log-sum-exp with the max subtracted, so log and exp cancel instead of
     overflowing on huge logits.
     """
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # up to fp32, never down
     m = logits.amax(dim=-1, keepdim=True)
     shifted = logits - m
     log_z = torch.log(torch.exp(shifted).sum(dim=-1))  # (...,)

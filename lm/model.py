@@ -44,7 +44,9 @@ class Embedding(nn.Module):
         nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[token_ids]
+        # index_select's backward is a scatter-add, much cheaper than fancy indexing's index_put.
+        rows = self.weight.index_select(0, token_ids.reshape(-1))  # (N, d) for N = prod(leading dims)
+        return rows.view(*token_ids.shape, self.weight.shape[1])  # (N, d) -> (..., d)
 
 
 class RMSNorm(nn.Module):
@@ -57,9 +59,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype
-        x32 = x.float()
+        # At least fp32, but never down: a float64 model stays float64.
+        x32 = x.to(torch.promote_types(in_dtype, torch.float32))
         rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (x32 * rms * self.weight.float()).to(in_dtype)
+        return (x32 * rms * self.weight.to(x32.dtype)).to(in_dtype)
 
 
 class SwiGLU(nn.Module):
@@ -150,7 +153,7 @@ class CausalSelfAttention(nn.Module):
             token_positions = torch.arange(T, device=x.device)
         qkv = self.qkv_proj(x)  # (..., T, 3 d_model)
         # (..., T, 3 d_model) -> 3 x (..., H, T, d_head)
-        q, k, v = einx.rearrange("... t (three h d) -> three ... h t d", qkv, three=3, h=self.num_heads)
+        q, k, v = einx.id("... t (three h d) -> three ... h t d", qkv, three=3, h=self.num_heads)
         if self.rope is not None:
             q, k = self.rope(q, token_positions), self.rope(k, token_positions)
         if kv_cache is None:
@@ -168,7 +171,7 @@ class CausalSelfAttention(nn.Module):
             if mask is None:
                 mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             out = LF.scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p)
-        out = einx.rearrange("... h t d -> ... t (h d)", out)  # (..., H, T, d_head) -> (..., T, d_model)
+        out = einx.id("... h t d -> ... t (h d)", out)  # (..., H, T, d_head) -> (..., T, d_model)
         return self.output_proj(out)
 
 

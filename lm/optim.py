@@ -31,26 +31,41 @@ class AdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                # Decoupled decay: shrink the weights directly, not through the gradient.
-                p.mul_(1 - lr * wd)
-                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+            # Params of a group share their step count; bucket by it (and by device/dtype,
+            # which the multi-tensor ops need) so one launch updates many tensors.
+            buckets: dict[tuple, list[torch.Tensor]] = {}
+            for p in params:
+                buckets.setdefault((self.state[p]["step"], p.device, p.dtype), []).append(p)
+            for (t, _, _), ps in buckets.items():
+                self._update(ps, t, group)
         return loss
+
+    def _update(self, params: list[torch.Tensor], t: int, group: dict) -> None:
+        """One AdamW step for tensors at step t: m, v moments, bias correction, decoupled decay."""
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_lerp_(m, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v = beta2 v + (1 - beta2) g^2
+        # Decoupled decay: shrink the weights directly, not through the gradient.
+        if wd:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, m, denom, value=-step_size)
 
 
 def cosine_lr(it: int, max_lr: float, min_lr: float, warmup_iters: int, cosine_cycle_iters: int) -> float:
@@ -68,9 +83,9 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, ep
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
+    norms = torch._foreach_norm(grads)
     total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    # A tensor scale (no .item()) keeps the GPU free of a host sync every step.
     scale = torch.clamp(max_norm / (total + eps), max=1.0)
-    for g in grads:
-        g.mul_(scale.to(g.dtype))
+    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
     return total

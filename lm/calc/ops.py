@@ -1,0 +1,179 @@
+"""The work of one training micro-step, op by op: FLOPs, bytes moved, kernel launches.
+
+Follows the CS336 accounting: a matmul of (m x k) by (k x n) costs 2 m n k
+FLOPs; its backward costs twice that (one matmul for the input gradient, one
+for the weight gradient). Attention is counted two ways:
+
+* dense: every entry of the T x T score matrix, as ``q @ k^T`` computes it
+  and as ``torch.utils.flop_counter.FlopCounterMode`` counts it (bmm and sdpa);
+* causal-useful: only the T (T + 1) / 2 entries the causal mask keeps.
+
+Bytes are the minimum traffic to and from device memory of each op as the
+eager model runs it (read inputs and weights once, write outputs once), in
+the dtypes autocast actually uses. Kernel counts are those of the eager
+model (``lm.model``), counted op by op with a dispatch mode (see the tests).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lm.config.schema import ModelConfig
+
+MATMUL_OPS = ("qkv", "attn_scores", "attn_values", "out_proj", "ffn", "lm_head")
+FLASH_BLOCK = 128  # query/key tile of fused attention kernels: they skip tiles above the diagonal
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the forward pass, repeated ``count`` times (once per layer, or once)."""
+
+    name: str
+    group: str
+    """Reporting bucket: embeddings, attention, ffn, norms, lm_head, loss, other."""
+    kind: str
+    """'matmul', 'attention' (a fused attention kernel) or 'elementwise'."""
+    count: int
+    flops: float
+    """Forward FLOPs per occurrence, dense (what the kernels of the naive path compute)."""
+    causal_flops: float
+    """Forward FLOPs per occurrence that the causal mask does not throw away."""
+    exec_flops: float
+    """Forward FLOPs per occurrence the kernel really executes (a fused causal kernel skips masked tiles)."""
+    bytes: float
+    """Forward memory traffic per occurrence."""
+    kernels: float
+    """Eager kernel launches per occurrence, forward."""
+    per_layer: bool = False
+    """Part of a transformer block (recomputed under activation checkpointing)."""
+    backward_flops: float = 2.0
+    """Backward FLOPs as a multiple of forward."""
+
+    @property
+    def is_matmul(self) -> bool:
+        """A matrix multiply (these are the FLOPs MFU counts); the rest is non-matmul work."""
+        return self.name in MATMUL_OPS
+
+
+def flash_fraction(T: int) -> float:
+    """Fraction of the dense T x T tiles a causal fused kernel computes (tiles on and below the diagonal)."""
+    nb = max(1, math.ceil(T / FLASH_BLOCK))
+    return (nb + 1) / (2 * nb) if nb > 1 else 1.0
+
+
+def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, exp_fp32: bool = True,
+                fused_attention: bool = False, flash_backward: float = 2.5) -> list[Op]:
+    """Every op of one forward pass plus the loss, for ``batch`` sequences of ``T`` tokens.
+
+    ``autocast``: bf16 autocast (matmul inputs, outputs and weight copies in bf16).
+    ``exp_fp32``: autocast runs exp/sum in fp32 (CUDA and MPS; not CPU).
+    ``fused_attention``: sdpa runs one fused kernel that skips masked tiles (flash).
+    """
+    d, V, L, H, f = cfg.d_model, cfg.vocab_size, cfg.num_layers, cfg.num_heads, cfg.ffn_dim
+    N = batch * T  # tokens
+    a = 2 if autocast else 4  # bytes per element of matmul inputs/outputs
+    x = 4 if (not autocast or exp_fp32) else 2  # bytes per element of exp/sum/div in the naive softmax
+    R = 4  # the residual stream and RMSNorm work in fp32 whatever autocast does
+    S = batch * H * T * T  # entries of the score matrices, all heads
+    S_causal = batch * H * T * (T + 1) // 2
+    has_norm = cfg.norm != "none"
+    swiglu = cfg.ffn == "swiglu"
+    ops: list[Op] = []
+
+    def add(name, group, kind, count, flops, bytes_, kernels, *, causal=None, exec_=None, per_layer=False,
+            backward=2.0):
+        ops.append(Op(name, group, kind, count, float(flops), float(flops if causal is None else causal),
+                      float(flops if exec_ is None else exec_), float(bytes_), float(kernels), per_layer, backward))
+
+    # --- embedding: a gather of N rows of d fp32 values
+    add("embedding", "embeddings", "elementwise", 1, 0, N * d * 4 * 2 + N * 8, 1)
+
+    # --- per block
+    def rmsnorm(name):
+        # x.pow(2) r/w, mean r, x*rms r/w, *w r/w: 7 passes over fp32 values.
+        add(name, "norms", "elementwise", L, 4 * N * d, 7 * N * d * R, 6, per_layer=True)
+
+    if has_norm:
+        rmsnorm("ln1")
+    add("qkv", "attention", "matmul", L, 2 * N * d * 3 * d, a * (N * d + 3 * d * d + 3 * N * d), 1, per_layer=True)
+    if cfg.position == "rope":
+        # q and k: four half-width multiplies, a sub and an add, then a stack: 9 passes each.
+        add("rope", "attention", "elementwise", L, 2 * 3 * N * d, 2 * 9 * N * d * a, 19, per_layer=True)
+    dense_qk = 2 * batch * T * T * d  # = 2 * (B H) * T * T * d_head
+    causal_qk = batch * T * (T + 1) * d
+    if cfg.attention == "sdpa" and fused_attention:
+        frac = flash_fraction(T)
+        add("attn_scores", "attention", "attention", L, dense_qk, a * 4 * N * d, 1,
+            causal=causal_qk, exec_=dense_qk * frac, per_layer=True, backward=flash_backward)
+        add("attn_softmax", "attention", "attention", L, 5 * S, 0, 0, causal=5 * S_causal,
+            exec_=5 * S * frac, per_layer=True, backward=flash_backward)
+        add("attn_values", "attention", "attention", L, dense_qk, 0, 0,
+            causal=causal_qk, exec_=dense_qk * frac, per_layer=True, backward=flash_backward)
+        copies = 1  # the (B, H, T, d_head) -> (B, T, d) rearrange of the output
+    else:
+        add("attn_scores", "attention", "matmul", L, dense_qk, a * (2 * N * d + S), 1,
+            causal=causal_qk, per_layer=True)
+        # scale, mask, max, subtract, exp, sum, divide (+ a cast of the probabilities under autocast)
+        sm_bytes = (2 * a + 2 * a + a + 2 * a + (a + x) + x + 2 * x + ((x + a) if x != a else 0)) * S
+        sm_kernels = 10 + (1 if x != a else 0)
+        if cfg.attn_dropout > 0:
+            sm_bytes += (2 * x + 1) * S
+            sm_kernels += 1
+        add("attn_softmax", "attention", "elementwise", L, 5 * S, sm_bytes, sm_kernels,
+            causal=5 * S_causal, per_layer=True)
+        add("attn_values", "attention", "matmul", L, dense_qk, a * (S + 2 * N * d), 1,
+            causal=causal_qk, per_layer=True)
+        # einsum copies v (a strided view of the fused output) and, without RoPE, q and k too.
+        copies = 1 + 1 + (2 if cfg.position == "nope" else 0)
+    add("attn_copies", "attention", "elementwise", L, 0, copies * 2 * N * d * a, copies, per_layer=True)
+    add("out_proj", "attention", "matmul", L, 2 * N * d * d, a * (2 * N * d + d * d), 1, per_layer=True)
+    if has_norm:
+        rmsnorm("ln2")
+    ffn_mats = 3 if swiglu else 2
+    ffn_bytes = a * ((ffn_mats - 1) * (N * d + d * f + N * f) + (N * f + f * d + N * d))
+    add("ffn", "ffn", "matmul", L, ffn_mats * 2 * N * d * f, ffn_bytes, ffn_mats, per_layer=True)
+    # SiLU = x * sigmoid(x) (+ the gate multiply for SwiGLU)
+    add("ffn_act", "ffn", "elementwise", L, (6 if swiglu else 5) * N * f, (8 if swiglu else 5) * N * f * a,
+        3 if swiglu else 2, per_layer=True)
+    resid_bytes = 2 * (R + a + R) * N * d
+    resid_kernels = 2
+    if cfg.resid_dropout > 0:
+        resid_bytes += 2 * (2 * a + 1) * N * d
+        resid_kernels += 2
+    add("residual", "other", "elementwise", L, 2 * N * d, resid_bytes, resid_kernels, per_layer=True)
+    if autocast:
+        layer_weights = 4 * d * d + ffn_mats * d * f
+        # fp32 -> bf16: each weight once per forward (autocast caches the copy), the
+        # two fp32 matmul inputs per block, and the RoPE tables.
+        add("casts", "other", "elementwise", L, 0, 6 * layer_weights + 2 * 6 * N * d, 2 + ffn_mats + 2 + 2,
+            per_layer=True)
+
+    # --- head
+    if has_norm:
+        add("ln_final", "norms", "elementwise", 1, 4 * N * d, 7 * N * d * R, 6)
+    add("lm_head", "lm_head", "matmul", 1, 2 * N * d * V, a * (N * d + V * d + N * V), 1)
+    if autocast:
+        add("head_casts", "other", "elementwise", 1, 0, 6 * (V * d + N * d), 2)
+    # F.cross_entropy(logits.float()): the upcast (under autocast), log_softmax (2 reads, 1 write), nll.
+    loss_bytes = (6 if autocast else 0) * N * V + 12 * N * V
+    add("loss", "loss", "elementwise", 1, 5 * N * V, loss_bytes, 4 if autocast else 3)
+    return ops
+
+
+def optimizer_ops(num_params: int, num_tensors: int, *, grad_clip: bool) -> list[Op]:
+    """lm.optim.AdamW (a loop over tensors, 8 in-place kernels each) and lm.optim.clip_grad_norm."""
+    # m.mul_ 8, m.add_ 12, v.mul_ 8, v.addcmul_ 12, p.mul_ 8, v.sqrt 8, .add_ 8, p.addcdiv_ 16 bytes/param.
+    ops = [Op("adamw", "optimizer", "elementwise", 1, 12 * num_params, 12 * num_params, 12 * num_params,
+              80 * num_params, 8 * num_tensors, backward=0)]
+    if grad_clip:
+        # _foreach_norm reads every gradient, then each gradient is scaled in place.
+        ops.append(Op("grad_clip", "optimizer", "elementwise", 1, 3 * num_params, 3 * num_params,
+                      3 * num_params, 12 * num_params, num_tensors + 8, backward=0))
+    return ops
+
+
+def grad_accumulate_op(num_params: int, num_tensors: int) -> Op:
+    """Adding a micro-batch's gradients into .grad (every micro-batch after the first)."""
+    return Op("grad_accumulate", "optimizer", "elementwise", 1, num_params, num_params, num_params,
+              12 * num_params, num_tensors, backward=0)

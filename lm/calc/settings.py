@@ -1,0 +1,112 @@
+"""How a model is run: batch, context, dtype, compile, checkpointing; plus the tuning knobs.
+
+:class:`Settings` is what the memory and time models take besides the model
+config and the device. :class:`Efficiency` gathers the factors that turn
+peak hardware numbers into achievable ones; their defaults are documented in
+docs/perf/calc.md and meant to be recalibrated with bench/calc_vs_measured.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from lm.errors import ConfigError
+
+_DTYPE_ALIASES = {
+    "fp32": "fp32", "float32": "fp32", "float": "fp32", "torch.float32": "fp32", "32": "fp32",
+    "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
+    "tf32": "tf32",
+    "auto": "auto",
+}
+DTYPES = ("fp32", "bf16")
+
+
+def normalize_dtype(dtype) -> str:
+    """'fp32', 'bf16', 'tf32' or 'auto' from the many ways people spell them."""
+    key = str(dtype).strip().lower()
+    if key not in _DTYPE_ALIASES:
+        raise ConfigError([f"dtype must be one of fp32, bf16 or auto (also float32, bfloat16), got {dtype!r}"])
+    return _DTYPE_ALIASES[key]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One training configuration to size: everything but the model and the device."""
+
+    batch_size: int
+    """Sequences per micro-batch."""
+    context_length: int
+    """Tokens per sequence."""
+    dtype: str = "fp32"
+    """'fp32' (TF32 matmuls on CUDA) or 'bf16' (autocast: fp32 master weights, bf16 matmuls)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; gradients stay allocated across them."""
+    activation_checkpointing: bool = False
+    """Recompute each block in backward instead of keeping its activations."""
+    compile: bool = False
+    """torch.compile: fewer, fused elementwise kernels."""
+    grad_clip: bool = True
+    """Whether the step clips the global gradient norm (one more pass over the gradients)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.batch_size < 1:
+            out.append(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.context_length < 1:
+            out.append(f"context_length must be at least 1, got {self.context_length}")
+        if self.grad_accum < 1:
+            out.append(f"grad_accum must be at least 1, got {self.grad_accum}")
+        if self.dtype not in DTYPES:
+            out.append(f"dtype must be one of {', '.join(DTYPES)} once resolved, got {self.dtype!r}")
+        return out
+
+    @property
+    def tokens(self) -> int:
+        """Tokens in one micro-batch."""
+        return self.batch_size * self.context_length
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.tokens * self.grad_accum
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of peak that real kernels reach, and fixed costs. All tunable.
+
+    Defaults are estimates for eager PyTorch on a modern GPU; calibrate them
+    from ``bench/calc_vs_measured.py`` (it prints suggested values).
+    """
+
+    matmul: float = 0.75
+    """Fraction of the device's peak matmul FLOP/s that large GEMMs reach (of the measured peak when known)."""
+    attention: float = 0.55
+    """Fraction of peak a fused (flash) attention kernel reaches; small head sizes keep it below GEMMs."""
+    bandwidth: float = 0.80
+    """Fraction of datasheet memory bandwidth that elementwise kernels reach."""
+    launch_overhead_us: float | None = None
+    """Host cost per eager kernel launch, microseconds; None uses the device profile's figure."""
+    compile_bytes: float = 0.5
+    """With torch.compile, elementwise memory traffic is multiplied by this (fusion keeps values in registers)."""
+    compile_kernels: float = 0.3
+    """With torch.compile, the number of kernel launches is multiplied by this."""
+    flash_backward: float = 2.5
+    """A fused attention backward does this many times its forward FLOPs (it recomputes the scores)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            if f.name in ("matmul", "attention", "bandwidth", "compile_bytes", "compile_kernels") and not 0 < v <= 1:
+                out.append(f"efficiency.{f.name} must be in (0, 1], got {v}")
+            elif f.name in ("launch_overhead_us",) and v < 0:
+                out.append(f"efficiency.{f.name} must be >= 0, got {v}")
+            elif f.name == "flash_backward" and v <= 0:
+                out.append(f"efficiency.{f.name} must be positive, got {v}")
+        return out
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

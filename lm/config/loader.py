@@ -1,0 +1,647 @@
+"""The strict experiment loader: TOML file + ``--set`` overrides -> ExperimentConfig.
+
+Precedence: ``--set section.key=value`` beats the file, the file beats the
+file it ``extends``, and that beats the schema defaults. ``[model] preset =
+"small"`` starts the model from ``ModelConfig.from_name`` before the other
+``[model]`` keys apply; ``model.vocab_size`` defaults to
+``tokenizer.vocab_size`` when no layer sets it.
+
+Validation is strict and complete: unknown keys (with a did-you-mean), wrong
+types, invalid choices and cross-field rules are all collected and raised
+together as one :class:`~lm.errors.ConfigError`, each problem naming its key and
+where it was set (``line 12``, ``line 3 of experiments/tinystories.toml`` or
+``in --set training.steps=abc``). tomllib gives no positions, so a small scan
+of the TOML text maps each key to its line.
+
+This module is torch-free: ``lab config`` and the console import it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import os
+import re
+import tempfile
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from lm.config.schema import PRESETS, SECTIONS, ExperimentConfig, to_dict
+from lm.config.toml_lines import key_lines
+from lm.errors import ConfigError
+
+# Datasets the data layer knows by name; any other data.source is a path.
+NAMED_DATASETS = ("builtin", "tinystories", "owt", "tinyshakespeare")
+TOP_LEVEL_KEYS = ("name", "description", "runs_dir")
+EXTENDS_KEY = "extends"
+PRESET_KEY = "preset"
+EXPERIMENTS_DIR = "experiments"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_KEY_PART_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+KeyPath = tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------- overrides
+
+class Override(NamedTuple):
+    """One ``--set`` assignment: dotted key, parsed value, and the text the user gave."""
+
+    key: str
+    value: Any
+    text: str
+
+    @property
+    def path(self) -> KeyPath:
+        return tuple(self.key.split("."))
+
+
+def parse_override_value(raw: str) -> Any:
+    """A ``--set`` value: parsed as a TOML value, or taken as a bare string if that fails."""
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return raw.strip()
+    # "1\nx = 2" parses, but is not one value: keep it as the string it is.
+    return parsed["v"] if len(parsed) == 1 else raw.strip()
+
+
+def parse_overrides(items: Iterable[str]) -> list[Override]:
+    """Parse ``["training.steps=100", 'model.norm="post"', "model.norm=post"]`` into Overrides.
+
+    Raises ConfigError listing every malformed item (no ``=``, or a bad key).
+    """
+    out, problems = [], []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not all(_KEY_PART_RE.fullmatch(p) for p in parts):
+            problems.append(f"--set expects section.key=value (for example training.steps=100), got {item!r}")
+            continue
+        out.append(Override(key, parse_override_value(raw), item))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _normalize_overrides(overrides) -> list[Override]:
+    """Accept ``["k=v", ...]``, a list of Override, or a mapping ``{"optimizer.lr": 1e-3}``
+    (nested tables are flattened to dotted keys, as a sweep's ``[set]`` table may be)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        out: list[Override] = []
+
+        def walk(prefix: str, m: Mapping):
+            for k, v in m.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(v, Mapping):
+                    walk(key, v)
+                else:
+                    out.append(Override(key, v, f"{key}={toml_value(v)}"))
+        walk("", overrides)
+        return out
+    items = list(overrides)
+    if all(isinstance(o, Override) for o in items):
+        return items
+    return parse_overrides(str(o) for o in items)
+
+
+class _Origin(NamedTuple):
+    """Where a key's value was set: a file and line, or a --set item."""
+
+    file: str | None = None
+    line: int | None = None
+    override: str | None = None
+
+
+def _apply(data: dict, origins: dict, overrides: list[Override], problems: list[str]) -> None:
+    """Set each override into the nested dict ``data`` (in place), recording its origin."""
+    for ov in overrides:
+        node = data
+        for i, part in enumerate(ov.path[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                where = ".".join(ov.path[: i + 1])
+                problems.append(f"in --set {ov.text}: {where} is a value, not a section")
+                break
+            node = nxt
+        else:
+            value = ov.value
+            if isinstance(value, dict) and isinstance(node.get(ov.path[-1]), dict):
+                value = _deep_merge(node[ov.path[-1]], value)
+            node[ov.path[-1]] = value
+            origins[ov.path] = _Origin(override=ov.text)
+
+
+def apply_overrides(cfg_dict_or_experiment, overrides, *, source: str | None = None):
+    """Apply ``--set`` style overrides to a config dict or an ExperimentConfig.
+
+    ``overrides`` is a list of ``"section.key=value"`` strings or a mapping
+    ``{"section.key": value}``. A dict comes back as a new dict with the values
+    set (not validated); an ExperimentConfig comes back as a new, fully
+    validated ExperimentConfig (problems name the ``--set`` item). Note that a
+    resolved config spells out every model field, so a ``model.preset``
+    override does nothing there: to vary a preset use
+    ``load_experiment(path, overrides)`` instead.
+    """
+    ovs = _normalize_overrides(overrides)
+    if isinstance(cfg_dict_or_experiment, ExperimentConfig):
+        data, origins, problems = to_dict(cfg_dict_or_experiment), {}, []
+        _apply(data, origins, ovs, problems)
+        return _build(data, origins, problems, main=source, base_dir=Path.cwd())
+    data = _deep_copy(cfg_dict_or_experiment)
+    problems = []
+    _apply(data, {}, ovs, problems)
+    if problems:
+        raise ConfigError(problems, source=source)
+    return data
+
+
+# ----------------------------------------------------------------------------- files
+
+def load_experiment(path, overrides=(), *, base_dir=None) -> ExperimentConfig:
+    """Load, resolve and validate an experiment file; raise ConfigError listing every problem.
+
+    ``path`` may also be a bare name (``quickstart``) for ``experiments/<name>.toml``.
+    ``base_dir`` (default: the current directory) is what relative data and
+    tokenizer paths, and the experiments/ folder, are resolved against.
+    """
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    resolved = resolve_experiment_path(path, base)
+    display = str(path) if resolved == _resolve(str(path), base) else _display(resolved)
+    return load_experiment_text(_read_text(resolved, display), display, overrides, base_dir=base, _file=resolved)
+
+
+def load_experiment_text(text: str, source_name: str, overrides=(), *, base_dir=None,
+                         _file: Path | None = None) -> ExperimentConfig:
+    """Like :func:`load_experiment`, for TOML text; ``source_name`` names it in errors.
+
+    An ``extends`` path is resolved against the directory of ``source_name``.
+    """
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    file = (_file or _resolve(source_name, base)).resolve()
+    data, origins = _load_layers(text, source_name, file, chain=())
+    problems: list[str] = []
+    try:
+        ovs = _normalize_overrides(overrides)
+    except ConfigError as e:
+        raise ConfigError(e.problems, source=source_name) from None
+    _apply(data, origins, ovs, problems)
+    return _build(data, origins, problems, main=source_name, base_dir=base)
+
+
+def experiment_from_dict(d: Mapping, source: str | None = None, *, base_dir=None) -> ExperimentConfig:
+    """Validate a plain dict (e.g. parsed TOML, or a sweep's trial) exactly like a file."""
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    return _build(_deep_copy(d), {}, [], main=source, base_dir=base)
+
+
+def resolve_experiment_path(path, base_dir: Path | None = None) -> Path:
+    """The file ``path`` names: as given, else ``experiments/<path>`` (+ ``.toml``).
+
+    Raises ConfigError naming the path and suggesting similar experiment files.
+    """
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    p = Path(path).expanduser()
+    candidates = [p if p.is_absolute() else base / p]
+    if not p.is_absolute() and p.parts and p.parts[0] != EXPERIMENTS_DIR:
+        candidates += [base / EXPERIMENTS_DIR / p]
+    candidates += [c.with_name(c.name + ".toml") for c in candidates if c.suffix != ".toml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if candidates[0].is_dir():
+        raise ConfigError([f"{path} is a directory; give an experiment .toml file"])
+    known = list_experiment_files(base)
+    by_name = {Path(k).name: k for k in reversed(known)}
+    close = [by_name[n] for n in difflib.get_close_matches(p.name if p.suffix else p.name + ".toml", by_name, n=3)]
+    close += [k for k in difflib.get_close_matches(str(path), known, n=3, cutoff=0.5) if k not in close]
+    hint = (f"; did you mean {' or '.join(close[:3])}?" if close
+            else f"; experiment files in {EXPERIMENTS_DIR}/: {', '.join(known[:12])}" if known else "")
+    raise ConfigError([f"no such experiment file: {path}{hint}"])
+
+
+def list_experiment_files(base_dir: Path | None = None) -> list[str]:
+    """Experiment files under ``experiments/`` (sweep files excluded), as relative paths."""
+    root = Path(base_dir) if base_dir is not None else Path.cwd()
+    folder = root / EXPERIMENTS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(str(f.relative_to(root)) for f in folder.rglob("*.toml") if "sweeps" not in f.parts)
+
+
+def _read_text(path: Path, display: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 text (byte {e.start}); TOML files must be UTF-8"], source=display) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read {display}: {e.strerror}"], source=display) from None
+
+
+def _parse_toml(text: str, display: str, extended_by: str | None = None) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\s*\(at (line \d+, column \d+|end of document)\)$", msg)
+        where = f"at the end of the file (line {max(1, len(text.splitlines()))})"
+        if m:
+            msg = msg[: m.start()]
+            if m[1] != "end of document":
+                where = f"at {m[1]}"
+        via = f" (extended by {extended_by})" if extended_by else ""
+        raise ConfigError([f"TOML syntax error {where}: {msg}{via}"], source=display) from None
+
+
+def _load_layers(text: str, display: str, file: Path, chain: tuple[Path, ...]) -> tuple[dict, dict]:
+    """Parse one file and, recursively, the files it extends: (merged dict, key origins)."""
+    data = _parse_toml(text, display, extended_by=_display(chain[-1]) if chain else None)
+    lines = key_lines(text)
+    origins = {k: _Origin(display, n) for k, n in lines.items()}
+    if EXTENDS_KEY not in data:
+        return data, origins
+    ext = data.pop(EXTENDS_KEY)
+    where = f"{EXTENDS_KEY} (line {lines.get((EXTENDS_KEY,), '?')} of {display})"
+    if not isinstance(ext, str) or not ext:
+        raise ConfigError([f"{where} must be a path to another experiment file, got {_show(ext)}"], source=display)
+    base_file = (file.parent / ext).resolve()
+    if base_file in chain or base_file == file:
+        cycle = " -> ".join(_display(p) for p in (*chain, file, base_file))
+        raise ConfigError([f"{where} makes a cycle: {cycle}"], source=display)
+    if not base_file.is_file():
+        siblings = sorted(str(Path(os.path.relpath(f, file.parent))) for f in base_file.parent.glob("*.toml")) \
+            if base_file.parent.is_dir() else []
+        close = difflib.get_close_matches(ext, siblings, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError([f"{where}: no such file {_display(base_file)}{hint}"], source=display)
+    base_display = _display(base_file)
+    base_data, base_origins = _load_layers(_read_text(base_file, base_display), base_display, base_file,
+                                           chain + (file,))
+    return _deep_merge(base_data, data), {**base_origins, **origins}
+
+
+def _display(p: Path) -> str:
+    """A path as short as is still clear: relative to the current directory when inside it."""
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _deep_copy(d):
+    if isinstance(d, Mapping):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+# ----------------------------------------------------------------------------- validation
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_names(section: str) -> list[str]:
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    return names + [PRESET_KEY] if section == "model" else names
+
+
+def type_text(tp) -> str:
+    """A type as a user reads it: 'an integer', "one of 'pre', 'post'", 'a list of numbers'."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_text(a) for a in args if a is not type(None))
+    if origin is list:
+        inner = type_text(args[0]).removeprefix("an ").removeprefix("a ")
+        return f"a list of {inner}s" if not inner.endswith("s") else f"a list of {inner}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _kind(v) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    return {int: "an integer", float: "a float", str: "a string", list: "an array",
+            dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def toml_value(v) -> str:
+    """A value written as TOML, on one line (what the user would type)."""
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
+    import tomli_w
+
+    return tomli_w.dumps({"v": v})[len("v = "):].strip()
+
+
+def _show(v) -> str:
+    """A rejected value and its TOML kind, for messages."""
+    shown = toml_value(v) if isinstance(v, bool) else repr(v)
+    return f"{shown} ({_kind(v)})"
+
+
+def _coerce(value, tp) -> tuple[bool, Any]:
+    """(ok, value converted to the field's type); an int is accepted where a float is expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return (value in args and isinstance(value, str)), value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None
+        for a in args:
+            if a is not type(None):
+                ok, v = _coerce(value, a)
+                if ok:
+                    return True, v
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        out = [_coerce(x, args[0]) for x in value]
+        return all(ok for ok, _ in out), [v for _, v in out]
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"schema type {tp!r} is not handled by the loader")
+
+
+class _Checker:
+    """Collects problems, each placed at the line (or --set item) that set its key."""
+
+    def __init__(self, origins: dict, main: str | None):
+        self.origins, self.main = origins, main
+        self.bad: set[str] = set()  # dotted keys whose value was rejected by the type check
+        self.entries: list[tuple[tuple, str]] = []  # (sort key, message)
+
+    def origin(self, key: str, exact: bool = False) -> _Origin | None:
+        """Where ``key`` (or, unless exact, its closest enclosing table) was set."""
+        path = tuple(key.split("."))
+        for i in range(len(path), len(path) - 1 if exact else 0, -1):
+            if (o := self.origins.get(path[:i])) is not None:
+                return o
+        return None
+
+    def render(self, o: _Origin) -> str:
+        if o.override is not None:
+            return f"in --set {o.override}"
+        if o.file is None or o.file == self.main:
+            return f"line {o.line}"
+        return f"line {o.line} of {o.file}"
+
+    def add(self, message: str, *keys: str) -> None:
+        """Record ``message``, placed at the first of ``keys`` that has an origin: at the
+        ``{at}`` marker, else right after the key when the message opens with it, else at the end."""
+        key, o = next(((k, o) for k in keys if (o := self.origin(k, exact=True))), (None, None))
+        if o is None:
+            o = next((o for k in keys if (o := self.origin(k))), None)
+        at = f" ({self.render(o)})" if o else ""
+        if "{at}" in message:
+            message = message.replace("{at}", at)
+        elif at:
+            form = next((f for f in (f"'{key}'", key) if key and message.startswith(f)), None)
+            rest = message[len(form):] if form else ""
+            message = f"{form}{at}{rest}" if form and not rest.startswith(" (") else f"{message}{at}"
+        # Report in reading order: this file by line, then extended files, then --set items.
+        rank = (3, "", 0) if o is None else (2, "", 0) if o.override else \
+            (0 if o.file in (None, self.main) else 1, o.file or "", o.line or 0)
+        self.entries.append((rank, message))
+
+    def messages(self) -> list[str]:
+        return [m for _, m in sorted(self.entries, key=lambda e: e[0])]
+
+    def need(self, cond: bool, message: str, *keys: str) -> None:
+        """Add ``message`` unless ``cond`` holds or one of ``keys`` already failed its type check."""
+        if not cond and not self.bad.intersection(keys):
+            self.add(message, *keys)
+
+
+def _suggest(key: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def _suggest_field(section: str, key: str) -> str:
+    hint = _suggest(key, _field_names(section))
+    if hint:
+        return hint.replace("'", f"'{section}.", 1)
+    for other in SECTIONS:
+        if key in _field_names(other):
+            return f" — did you mean '{other}.{key}'?"
+    return _suggest(f"{section}.{key}", [f"{s}.{f}" for s in SECTIONS for f in _field_names(s)])
+
+
+def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, base_dir: Path) -> ExperimentConfig:
+    """Check types and keys of the merged dict, build the config, check cross-field rules."""
+    ck = _Checker(origins, main)
+    top: dict[str, Any] = {}
+    tables: dict[str, dict] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if isinstance(value, dict):
+                tables[key] = value
+            else:
+                ck.add(f"'{key}' must be a [{key}] section (a table), got {_show(value)}", key)
+        elif key in TOP_LEVEL_KEYS:
+            if isinstance(value, str):
+                top[key] = value
+            else:
+                ck.bad.add(key)
+                ck.add(f"{key} must be a string, got {_show(value)}", key)
+        elif key == EXTENDS_KEY:
+            ck.add(f"'{key}' can only be set in an experiment file (a path relative to it)", key)
+        elif isinstance(value, dict):
+            close = difflib.get_close_matches(key, list(SECTIONS), n=1, cutoff=0.6)
+            hint = f" — did you mean [{close[0]}]?" if close else f"; sections are {', '.join(SECTIONS)}"
+            ck.add(f"unknown section [{key}]{{at}}{hint}", key)
+        else:
+            hint = next((f" — did you mean '{s}.{key}'? (keys above the first [section] header are top-level)"
+                         for s in SECTIONS if key in _field_names(s)), "")
+            hint = hint or _suggest(key, (*TOP_LEVEL_KEYS, *SECTIONS, EXTENDS_KEY))
+            ck.add(f"unknown key '{key}'{{at}}{hint}", key)
+
+    values: dict[str, dict] = {s: {} for s in SECTIONS}
+    preset = None
+    for section, table in tables.items():
+        hints = _hints(SECTIONS[section])
+        for key, value in table.items():
+            dotted = f"{section}.{key}"
+            if section == "model" and key == PRESET_KEY:
+                if isinstance(value, str) and value in PRESETS:
+                    preset = value
+                else:
+                    ck.add(f"{dotted} must be one of {', '.join(repr(p) for p in PRESETS)}, got {_show(value)}"
+                           + _suggest(str(value), PRESETS), dotted)
+                continue
+            if key not in hints:
+                ck.add(f"unknown key '{dotted}'{{at}}{_suggest_field(section, key)}", dotted)
+                continue
+            ok, coerced = _coerce(value, hints[key])
+            if ok:
+                values[section][key] = coerced
+            else:
+                ck.bad.add(dotted)
+                choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is typing.Literal else ()
+                hint = _suggest(value, choices) if isinstance(value, str) else ""
+                ck.add(f"{dotted} must be {type_text(hints[key])}, got {_show(value)}{hint}", dotted)
+
+    tok = SECTIONS["tokenizer"](**values["tokenizer"])
+    model_kwargs = dataclasses.asdict(PRESETS[preset]) if preset else {}
+    model_kwargs.update(values["model"])
+    if "vocab_size" not in values["model"] and "model.vocab_size" not in ck.bad:
+        model_kwargs["vocab_size"] = tok.vocab_size
+    cfg = ExperimentConfig(
+        **top, tokenizer=tok, model=SECTIONS["model"](**model_kwargs),
+        **{s: SECTIONS[s](**values[s]) for s in SECTIONS if s not in ("tokenizer", "model")},
+    )
+    _check_rules(cfg, ck, base_dir)
+    problems = problems + ck.messages()
+    if problems:
+        raise ConfigError(problems, source=main)
+    return cfg
+
+
+def _check_rules(cfg: ExperimentConfig, ck: _Checker, base_dir: Path) -> None:
+    """Cross-field and range rules; each names the keys involved so it is placed and skipped right."""
+    need = ck.need
+    need(bool(_NAME_RE.fullmatch(cfg.name)), f"name must start with a letter or digit and use only letters, "
+         f"digits and . _ - + = (it names run directories), got {cfg.name!r}", "name")
+    need(bool(cfg.runs_dir.strip()), "runs_dir must not be empty", "runs_dir")
+
+    d = cfg.data
+    need(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}", "data.val_fraction")
+    need(d.max_bytes >= 0, f"data.max_bytes must be >= 0 (0 = all), got {d.max_bytes}", "data.max_bytes")
+    for key, src in (("data.source", d.source), ("data.val_source", d.val_source)):
+        if key in ck.bad or (key == "data.val_source" and not src):
+            continue
+        if not src:
+            ck.add(f"{key} must not be empty: give a file, a directory, 'builtin' or one of "
+                   f"{', '.join(repr(n) for n in NAMED_DATASETS[1:])}", key)
+        elif src not in NAMED_DATASETS and not _resolve(src, base_dir).exists():
+            hint = _suggest(src, NAMED_DATASETS)
+            ck.add(f"{key}: no such file or directory {src!r} (relative to {base_dir}); a source is a text file, "
+                   f"a directory of .txt files, or one of {', '.join(repr(n) for n in NAMED_DATASETS)}{hint}", key)
+
+    t = cfg.tokenizer
+    if t.path:
+        need(_resolve(t.path, base_dir).exists(), f"tokenizer.path: no such tokenizer directory {t.path!r} "
+             f"(relative to {base_dir}); leave it empty to train one on the corpus", "tokenizer.path")
+    else:
+        lo = 256 + len(t.special_tokens)
+        need(t.vocab_size >= lo, f"tokenizer.vocab_size must be at least 256 bytes + {len(t.special_tokens)} "
+             f"special tokens = {lo}, got {t.vocab_size}", "tokenizer.vocab_size", "tokenizer.special_tokens")
+        need(cfg.model.vocab_size >= t.vocab_size, f"model.vocab_size ({cfg.model.vocab_size}) must be at least "
+             f"tokenizer.vocab_size ({t.vocab_size}); leave model.vocab_size out to use the tokenizer's",
+             "model.vocab_size", "tokenizer.vocab_size")
+    need(all(t.special_tokens) and len(set(t.special_tokens)) == len(t.special_tokens),
+         f"tokenizer.special_tokens must be distinct non-empty strings, got {t.special_tokens}",
+         "tokenizer.special_tokens")
+    need(t.train_bytes >= 0, f"tokenizer.train_bytes must be >= 0 (0 = all), got {t.train_bytes}",
+         "tokenizer.train_bytes")
+
+    for problem in cfg.model.problems():
+        keys = list(dict.fromkeys(re.findall(r"\bmodel\.\w+", problem)))
+        need(False, problem, *keys)
+
+    o = cfg.optimizer
+    need(o.lr > 0, f"optimizer.lr must be positive, got {o.lr}", "optimizer.lr")
+    need(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas),
+         f"optimizer.betas must be two numbers in [0, 1), like [0.9, 0.95], got {o.betas}", "optimizer.betas")
+    need(o.eps > 0, f"optimizer.eps must be positive, got {o.eps}", "optimizer.eps")
+    need(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}", "optimizer.weight_decay")
+    need(o.grad_clip >= 0, f"optimizer.grad_clip must be >= 0 (0 = off), got {o.grad_clip}", "optimizer.grad_clip")
+
+    s, tr = cfg.schedule, cfg.training
+    need(s.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {s.warmup_steps}", "schedule.warmup_steps")
+    need(s.warmup_steps <= tr.steps, f"schedule.warmup_steps ({s.warmup_steps}) must be at most training.steps "
+         f"({tr.steps})", "schedule.warmup_steps", "training.steps")
+    need(s.cosine_steps == 0 or s.cosine_steps >= s.warmup_steps, f"schedule.cosine_steps ({s.cosine_steps}) must be "
+         f"0 (= training.steps) or at least schedule.warmup_steps ({s.warmup_steps})",
+         "schedule.cosine_steps", "schedule.warmup_steps")
+    need(s.cosine_steps >= 0, f"schedule.cosine_steps must be >= 0, got {s.cosine_steps}", "schedule.cosine_steps")
+    need(0.0 <= s.min_lr_ratio <= 1.0, f"schedule.min_lr_ratio must be in [0, 1], got {s.min_lr_ratio}",
+         "schedule.min_lr_ratio")
+
+    for key in ("steps", "batch_size", "grad_accum", "log_every"):
+        need(getattr(tr, key) >= 1, f"training.{key} must be at least 1, got {getattr(tr, key)}", f"training.{key}")
+    need(tr.seed >= 0, f"training.seed must be >= 0, got {tr.seed}", "training.seed")
+    need(bool(_DEVICE_RE.fullmatch(tr.device)), f"training.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or "
+         f"'mps', got {tr.device!r}", "training.device")
+    need(tr.max_time >= 0, f"training.max_time must be >= 0 (0 = no limit), got {tr.max_time}", "training.max_time")
+
+    e, c = cfg.eval, cfg.checkpoint
+    need(e.every >= 0, f"eval.every must be >= 0 (0 = only at the end), got {e.every}", "eval.every")
+    need(e.batches >= 1, f"eval.batches must be at least 1, got {e.batches}", "eval.batches")
+    need(e.batch_size >= 0, f"eval.batch_size must be >= 0 (0 = training.batch_size), got {e.batch_size}",
+         "eval.batch_size")
+    need(c.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {c.every}", "checkpoint.every")
+    need(c.keep_last >= 0, f"checkpoint.keep_last must be >= 0, got {c.keep_last}", "checkpoint.keep_last")
+
+
+def _resolve(p: str, base_dir: Path) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+# ----------------------------------------------------------------------------- writing
+
+def dump_experiment(cfg: ExperimentConfig) -> str:
+    """The full resolved config as TOML, sections in schema order; loads back to an equal config.
+
+    Values are written by tomli_w one key per line (arrays inline, which
+    tomli_w would spread over several lines).
+    """
+    out: list[str] = []
+    tables = []
+    for key, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            out.append(f"{key} = {toml_value(value)}")
+    for key, table in tables:
+        out += ["", f"[{key}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    return "\n".join(out) + "\n"
+
+
+def write_resolved(cfg: ExperimentConfig, path) -> Path:
+    """Write :func:`dump_experiment` to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dump_experiment(cfg))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

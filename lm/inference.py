@@ -1,0 +1,186 @@
+"""Loading a trained run for inference: model, tokenizer and config from a run directory.
+
+A run directory (docs/run-directory.md) holds ``checkpoints/{best,latest}.pt``
+(dicts ``{"format": "lm-checkpoint/1", "model": CS336 state dict, "config":
+resolved experiment as a dict, ...}``) and ``tokenizer/``. :func:`load_run`
+turns them into an eval-mode model on the chosen device (bf16 on CUDA), the
+tokenizer and the experiment dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lm.checkpoint import torch_load
+from lm.config.schema import ModelConfig
+from lm.errors import CheckpointError, LabError
+
+CHECKPOINT_FORMAT = "lm-checkpoint/1"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; anything else must name an available device."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise LabError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LabError(f"device {device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LabError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                       "device(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LabError(f"device {device!r} was asked for but MPS is not available here; use 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on CUDA (half the bytes to read per token) and fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).strip().lower()
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise LabError(f"unknown dtype {dtype!r}; use 'auto', 'fp32', 'bf16' or 'fp16'")
+    return DTYPES[name]
+
+
+@contextlib.contextmanager
+def _skip_weight_init():
+    """Build modules without drawing random initial weights (the checkpoint overwrites them all).
+
+    Random init of a GPT-2-small-sized model takes seconds on a CPU. Only speed
+    depends on this: load_state_dict is checked to cover every parameter.
+    """
+    names = ("trunc_normal_", "normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+def model_config_from_dict(d: Any, source: str) -> ModelConfig:
+    """The ModelConfig of a checkpoint's ``config["model"]``; CheckpointError naming bad keys."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source} has no model configuration (config['model'] is {type(d).__name__})")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise CheckpointError(f"{source} has model settings this version does not know: {', '.join(unknown)}; "
+                              "it was written by a newer lab")
+    cfg = ModelConfig(**d)
+    if problems := cfg.problems():
+        raise CheckpointError(f"{source} has an invalid model configuration: " + "; ".join(problems))
+    return cfg
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               config: dict | None = None):
+    """A checkpoint file -> (eval-mode TransformerLM, experiment dict, checkpoint dict without weights).
+
+    ``config`` replaces the checkpoint's own config (for a bare CS336 checkpoint that has none).
+    """
+    from lm.model import TransformerLM, check_state_dict
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    obj = torch_load(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise CheckpointError(f"{path} is not an lm checkpoint (it has no 'model' state dict)")
+    fmt = obj.get("format")
+    if fmt is not None and fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {fmt!r}; this version reads {CHECKPOINT_FORMAT!r}")
+    exp = config if config is not None else obj.get("config")
+    if not isinstance(exp, dict) or "model" not in exp:
+        raise CheckpointError(f"{path} does not record the model configuration (no config['model']); "
+                              "it cannot be loaded without knowing the model's shape")
+    cfg = model_config_from_dict(exp["model"], str(path))
+    # A checkpoint of a torch.compile'd model prefixes every name with _orig_mod.
+    state = {k.removeprefix("_orig_mod."): v for k, v in obj.pop("model").items()}
+    with _skip_weight_init():
+        model = TransformerLM(cfg, device=dev, dtype=dt)
+    check_state_dict(model, state)
+    model.load_state_dict(state)
+    obj.pop("optimizer", None)
+    return model.eval(), exp, obj
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer saved in directory ``path`` (vocab.json, merges.txt, special_tokens.json)."""
+    try:
+        from lm.tokenizer import Tokenizer
+    except ImportError:  # the package may not re-export it
+        from lm.tokenizer.tokenizer import Tokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        parent = path.parent
+        have = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+        raise CheckpointError(f"tokenizer directory {path} does not exist; {parent} holds: "
+                              f"{', '.join(have) if have else 'nothing'}")
+    return Tokenizer.from_dir(path)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """What :func:`open_run` loads: the model, its tokenizer and where they came from."""
+
+    model: Any
+    tokenizer: Any
+    config: dict
+    checkpoint_path: Path
+    iteration: int | None
+
+
+def open_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
+             device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> LoadedRun:
+    """Like :func:`load_run`, also saying which checkpoint file and training step were loaded."""
+    from lm.runs import RunDir
+
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise CheckpointError(f"run directory {run.path} does not exist")
+    ckpt_path = run.checkpoint(checkpoint)
+    model, exp, rest = load_model(ckpt_path, device, dtype)
+    tokenizer = load_tokenizer(run.tokenizer_dir)
+    n_tok = getattr(tokenizer, "vocab_size", None)
+    if n_tok is not None and n_tok > model.cfg.vocab_size:
+        raise CheckpointError(f"the tokenizer in {run.tokenizer_dir} has {n_tok} tokens but the model in "
+                              f"{ckpt_path} only {model.cfg.vocab_size}; they do not belong together")
+    iteration = rest.get("iteration")
+    return LoadedRun(model, tokenizer, exp, Path(ckpt_path), int(iteration) if iteration is not None else None)
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
+             device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+    """(model, tokenizer, experiment dict) of a run directory, ready for generation.
+
+    ``checkpoint`` is ``best``, ``latest``, ``step_N`` or a path (absolute, relative to the
+    current directory, or relative to the run directory). The model is in eval
+    mode on ``device`` ('auto': cuda > mps > cpu) in ``dtype`` ('auto': bf16 on
+    CUDA, fp32 elsewhere). Missing files raise CheckpointError listing what exists.
+    """
+    loaded = open_run(run_dir, checkpoint, device, dtype)
+    return loaded.model, loaded.tokenizer, loaded.config

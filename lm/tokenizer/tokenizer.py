@@ -1,0 +1,286 @@
+"""The byte-level BPE tokenizer: encode text to ids and back (CS336 ``Tokenizer``).
+
+Encoding splits text on special tokens (longest first), pre-tokenizes each
+stretch with GPT-2's regex and applies the merges to each pre-token in rank
+order. Text repeats its words, so the ids of each distinct pre-token are cached:
+most pre-tokens cost one dict lookup, done in C through ``map`` over the
+regex's ``findall`` list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain, repeat
+from pathlib import Path
+
+from lm.errors import TokenizerError
+from lm.tokenizer.gpt2_files import (
+    MERGES_FILE,
+    SPECIAL_TOKENS_FILE,
+    VOCAB_FILE,
+    read_merges,
+    read_special_tokens,
+    read_vocab,
+    write_tokenizer_files,
+)
+from lm.tokenizer.pretokenize import (
+    PRETOKEN_RE,
+    normalize_special_tokens,
+    special_splitter,
+    split_stream_buffer,
+)
+
+_NO_MERGE = 1 << 62  # rank of a pair that is not a merge; above every real rank
+_REPLACEMENT = "\ufffd".encode("utf-8")
+# encode_iterable gathers this many characters before encoding, so many short
+# lines cost one regex call and the carried-over tail stays small.
+_STREAM_BUFFER_CHARS = 1 << 16
+
+
+class _PieceCache(dict):
+    """pre-token -> tuple of ids; a miss runs BPE. Cleared when full, so memory stays bounded."""
+
+    def __init__(self, bpe, max_entries: int):
+        super().__init__()
+        self._bpe = bpe
+        self._max_entries = max_entries
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        ids = self._bpe(piece)
+        if len(self) >= self._max_entries:
+            self.clear()
+        self[piece] = ids
+        return ids
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer from a vocabulary, merges and special tokens.
+
+    ``vocab`` maps ids to token bytes and must hold all 256 single bytes;
+    ``merges`` lists merged byte-string pairs in rank order (each part and the
+    result must be in ``vocab``). Special tokens absent from ``vocab`` get new
+    ids after the largest one; overlapping special tokens are matched longest first.
+    """
+
+    CACHE_MAX_ENTRIES = 1 << 18
+    """Distinct pre-tokens remembered before the cache is cleared (a few tens of MB at most)."""
+
+    def __init__(self, vocab: Mapping[int, bytes], merges: Iterable[tuple[bytes, bytes]],
+                 special_tokens: Iterable[str] | None = None):
+        self._vocab: dict[int, bytes] = {}
+        for idx, tok in vocab.items():
+            if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0 or not isinstance(tok, bytes):
+                raise TokenizerError(f"vocab entry {idx!r}: {tok!r} is not a non-negative integer id -> bytes")
+            self._vocab[idx] = tok
+        self._merges = [(bytes(a), bytes(b)) for a, b in merges]
+        self._special_tokens = normalize_special_tokens(special_tokens)
+
+        self._token_to_id: dict[bytes, int] = {}
+        for idx in sorted(self._vocab):
+            self._token_to_id.setdefault(self._vocab[idx], idx)
+        missing = [b for b in range(256) if bytes([b]) not in self._token_to_id]
+        if missing:
+            raise TokenizerError(
+                f"the vocabulary lacks {len(missing)} of the 256 single-byte tokens (first: {bytes([missing[0]])!r}); "
+                "a byte-level BPE needs every byte so that any text can be encoded"
+            )
+        self._special_ids: dict[str, int] = {}
+        next_id = max(self._vocab, default=-1) + 1
+        for tok in self._special_tokens:
+            raw = tok.encode("utf-8")
+            if raw not in self._token_to_id:
+                self._vocab[next_id] = raw
+                self._token_to_id[raw] = next_id
+                next_id += 1
+            self._special_ids[tok] = self._token_to_id[raw]
+
+        self._byte_ids = [self._token_to_id[bytes([b])] for b in range(256)]
+        self._pair_rank: dict[tuple[int, int], int] = {}
+        self._merge_result: list[int] = []
+        for rank, (a, b) in enumerate(self._merges):
+            ids = [self._token_to_id.get(t) for t in (a, b, a + b)]
+            if None in ids:
+                raise TokenizerError(
+                    f"merge #{rank} ({a!r}, {b!r}) uses or makes a token that is not in the vocabulary; "
+                    "the merges do not belong to this vocab"
+                )
+            self._pair_rank.setdefault((ids[0], ids[1]), rank)
+            self._merge_result.append(ids[2])
+        self._splitter = special_splitter(self._special_tokens)
+        self._cache = _PieceCache(self._bpe, self.CACHE_MAX_ENTRIES)
+        self._fingerprint: str | None = None
+
+    # ----- construction from and to files
+
+    @classmethod
+    def from_files(cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike,
+                   special_tokens: Iterable[str] | None = None) -> Tokenizer:
+        """A tokenizer from GPT-2-format vocab.json and merges.txt files (CS336 ``from_files``)."""
+        specials = normalize_special_tokens(special_tokens)
+        vocab = read_vocab(vocab_filepath, specials)
+        merges = read_merges(merges_filepath, set(vocab.values()))
+        return cls(vocab, merges, specials)
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
+        """A tokenizer saved by :meth:`save` (vocab.json, merges.txt, special_tokens.json)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise TokenizerError(
+                f"tokenizer directory {directory} does not exist; it should hold {VOCAB_FILE}, {MERGES_FILE} and "
+                f"{SPECIAL_TOKENS_FILE} as written by `lab tokenizer train`"
+            )
+        specials_path = directory / SPECIAL_TOKENS_FILE
+        specials = read_special_tokens(specials_path) if specials_path.exists() else []
+        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, specials)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write vocab.json, merges.txt and special_tokens.json into ``directory``; returns it."""
+        return write_tokenizer_files(directory, self._vocab, self._merges, self._special_tokens)
+
+    # ----- what it is
+
+    @property
+    def vocab(self) -> dict[int, bytes]:
+        """id -> token bytes, special tokens included (do not modify)."""
+        return self._vocab
+
+    @property
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """Merged pairs in rank order (do not modify)."""
+        return self._merges
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return list(self._special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids a model's embedding must cover: the largest id + 1."""
+        return max(self._vocab) + 1
+
+    def special_token_id(self, token: str) -> int:
+        """The id of a special token; TokenizerError if it is not one of this tokenizer's."""
+        try:
+            return self._special_ids[token]
+        except KeyError:
+            raise TokenizerError(
+                f"{token!r} is not a special token of this tokenizer (special tokens: {self._special_tokens})"
+            ) from None
+
+    def token_bytes(self, idx: int) -> bytes:
+        """The bytes of one id (U+FFFD's bytes for an unknown id)."""
+        return self._vocab.get(idx, _REPLACEMENT)
+
+    def fingerprint(self) -> str:
+        """A stable hex SHA-256 of the vocabulary, merges and special tokens (for token-file caches)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(b"lm-bpe-v1\n")
+            for idx in sorted(self._vocab):
+                h.update(b"%d %s\n" % (idx, self._vocab[idx].hex().encode()))
+            h.update(b"merges\n")
+            for a, b in self._merges:
+                h.update(b"%s %s\n" % (a.hex().encode(), b.hex().encode()))
+            h.update(b"special\n" + json.dumps(self._special_tokens).encode("utf-8"))
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, "
+                f"special_tokens={self._special_tokens!r})")
+
+    # ----- encoding
+
+    def _bpe(self, piece: str) -> tuple[int, ...]:
+        """Apply the merges to one pre-token, lowest rank first (leftmost among equal ranks)."""
+        ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        if len(ids) < 2:
+            return tuple(ids)
+        get = self._pair_rank.get
+        result = self._merge_result
+        # ranks[i] is the rank of the pair (ids[i], ids[i+1]); min/index run in C.
+        ranks = list(map(get, zip(ids, ids[1:]), repeat(_NO_MERGE)))
+        while ranks:
+            r = min(ranks)
+            if r == _NO_MERGE:
+                break
+            i = ranks.index(r)
+            ids[i] = result[r]
+            del ids[i + 1]
+            del ranks[i]
+            if i > 0:
+                ranks[i - 1] = get((ids[i - 1], ids[i]), _NO_MERGE)
+            if i < len(ranks):
+                ranks[i] = get((ids[i], ids[i + 1]), _NO_MERGE)
+        return tuple(ids)
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return list(chain.from_iterable(map(self._cache.__getitem__, PRETOKEN_RE.findall(text))))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; occurrences of the special tokens become their ids."""
+        if self._splitter is None:
+            return self._encode_plain(text)
+        out: list[int] = []
+        lookup = self._cache.__getitem__
+        for i, piece in enumerate(self._splitter.split(text)):
+            if i & 1:
+                out.append(self._special_ids[piece])
+            elif piece:
+                out.extend(chain.from_iterable(map(lookup, PRETOKEN_RE.findall(piece))))
+        return out
+
+    def encode_chunks(self, iterable: Iterable[str]) -> Iterator[list[int]]:
+        """Encode a stream of text pieces, yielding lists of ids; same ids as ``encode("".join(iterable))``.
+
+        Pieces are gathered into buffers of about 64K characters; the end of each
+        buffer that the next piece could still change (a pre-token or special
+        token running across) is carried over, so memory stays constant however
+        long the stream.
+        """
+        lookup = self._cache.__getitem__
+        pending: list[str] = []
+        size = 0
+        for piece in iterable:
+            pending.append(piece)
+            size += len(piece)
+            if size < _STREAM_BUFFER_CHARS:
+                continue
+            parts, tail = split_stream_buffer("".join(pending), self._splitter, self._special_tokens)
+            ids: list[int] = []
+            for is_special, value in parts:
+                if is_special:
+                    ids.append(self._special_ids[value])
+                else:
+                    ids.extend(chain.from_iterable(map(lookup, value)))
+            if ids:
+                yield ids
+            pending = [tail]
+            size = len(tail)
+        rest = self.encode("".join(pending))
+        if rest:
+            yield rest
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Lazily yield the ids of a stream of text (for example a file object's lines), in constant memory."""
+        for ids in self.encode_chunks(iterable):
+            yield from ids
+
+    # ----- decoding
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The concatenated bytes of ``ids``; an unknown id gives U+FFFD's bytes."""
+        return b"".join(map(self._vocab.get, ids, repeat(_REPLACEMENT)))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; byte sequences that are not valid UTF-8 become U+FFFD, never an exception."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def get_tokenizer(vocab: Mapping[int, bytes], merges: Iterable[tuple[bytes, bytes]],
+                  special_tokens: Iterable[str] | None = None) -> Tokenizer:
+    """CS336 adapter: a :class:`Tokenizer` from a vocabulary, merges and special tokens."""
+    return Tokenizer(vocab, merges, special_tokens)

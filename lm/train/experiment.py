@@ -1,0 +1,174 @@
+"""``run_experiment``: config in, run directory out. What ``lab run``, the queue and the console call.
+
+It picks or creates the run directory, prepares the data (tokenizer and
+token files, cached), and hands token arrays to the :class:`Trainer`. A run
+directory that already holds ``checkpoints/latest.pt`` is continued from it;
+one without (killed before its first checkpoint) starts over in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from pathlib import Path
+
+from lm.config.schema import ExperimentConfig
+from lm.errors import ConfigError, LabError
+from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, RunDir, new_run_dir
+from lm.train.recorder import Progress, RunRecorder
+from lm.train.signals import StopRequest
+
+
+class _StopDuringPreparation(Exception):
+    pass
+
+
+def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLike | None = None,
+                   resume: str | os.PathLike | None = None, progress: Progress | None = None, *,
+                   device: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                   summary: dict | None = None) -> int:
+    """Train ``cfg``; return the exit code of docs/run-directory.md (0, 4, 5; 1 after a crash).
+
+    - ``resume``: a run directory to continue, with its own config.toml
+      (``overrides`` apply on top, e.g. more ``training.steps``) unless
+      ``cfg`` is given.
+    - ``run_dir``: where to write; continued if it has a checkpoint. Default:
+      a new ``<runs_dir>/<name>-<timestamp>``.
+    - ``device`` beats ``training.device``.
+    - ``progress(kind, record)`` receives every metrics record and event, and
+      ``("prepare", {"stage", "done", "total"})`` while the data is prepared.
+    - ``summary`` (a dict) is filled with the run's final numbers.
+
+    Bad input raises a LabError (after recording it in status.json when a run
+    directory exists); the CLI prints it and exits 2.
+    """
+    if resume is not None:
+        rd = RunDir(resume)
+        if not rd.config_path.is_file():
+            raise ConfigError([f"cannot resume {resume}: it is not a run directory (no {CONFIG_FILE}); "
+                               "give the directory `lab run` printed, under runs/"])
+        cfg = cfg or rd.config(overrides)
+        run_dir = rd.path
+    if cfg is None:
+        raise ValueError("run_experiment needs an ExperimentConfig or a run directory to resume")
+    if device:
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, device=device))
+    cfg = _absolute_paths(cfg)
+
+    from lm.train.policy import resolve_policy
+
+    policy = resolve_policy(cfg.training)  # a missing device is a config error before any directory exists
+    run_path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    run_path.mkdir(parents=True, exist_ok=True)
+    latest = run_path / CHECKPOINT_DIR / "latest.pt"
+    resume_from = latest if latest.is_file() else None
+    if resume_from is None:
+        from lm.config.loader import write_resolved
+
+        write_resolved(cfg, run_path / CONFIG_FILE)  # visible to the console while data is prepared
+    recorder = RunRecorder(run_path, cfg.training.steps, progress)
+    if progress is not None:
+        progress("run_dir", {"run_dir": str(run_path), "resume": resume_from is not None})
+    try:
+        recorder.update_status(state="running", pid=os.getpid(), host=socket.gethostname(),
+                               total_steps=cfg.training.steps, exit_code=None, message="preparing data")
+        try:
+            with StopRequest() as stop:
+                stop.on_signal = _raise_stop  # data preparation cannot pause at a step: leave at once
+                data = _prepare(cfg, run_path, progress)
+        except (_StopDuringPreparation, KeyboardInterrupt):
+            msg = "stopped while preparing data (nothing was trained)"
+            recorder.event("stop", 0, 0.0, msg)
+            recorder.finish("stopped", 5, msg)
+            return 5
+        cfg = _fit_vocab(cfg, data.tokenizer)
+        from lm.train.trainer import Trainer
+
+        trainer = Trainer(cfg, run_path, train_tokens=data.train_tokens, val_tokens=data.val_tokens,
+                          val_bytes=data.val_bytes, tokenizer=data.tokenizer, policy=policy,
+                          progress=progress, recorder=recorder)
+        try:
+            trainer.setup(resume_from)
+        except LabError as e:
+            recorder.event("error", 0, 0.0, str(e))
+            recorder.finish("failed", 2, str(e))
+            raise
+        code = trainer.run()
+        if summary is not None:
+            summary.update(trainer.summary)
+        return code
+    except LabError as e:
+        if recorder.status.get("state") == "running":
+            recorder.event("error", 0, 0.0, str(e))
+            recorder.finish("failed", 2, str(e))
+        raise
+    except Exception as e:  # a crash outside the training loop (a bug, a full disk): say so, then raise
+        if recorder.status.get("state") == "running":
+            recorder.event("error", 0, 0.0, f"{type(e).__name__}: {e}")
+            recorder.finish("failed", 1, f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        recorder.close()
+
+
+def _raise_stop(signal_name: str) -> None:
+    raise _StopDuringPreparation(signal_name)
+
+
+@dataclasses.dataclass
+class _Data:
+    tokenizer: object
+    train_tokens: object
+    val_tokens: object
+    val_bytes: int | None
+
+
+def _prepare(cfg: ExperimentConfig, run_path: Path, progress: Progress | None) -> _Data:
+    """Tokenizer and token arrays for ``cfg`` (a resumed run keeps the tokenizer it was trained with)."""
+    from lm.data import prepare_data
+    from lm.tokenizer import Tokenizer, load_token_file
+
+    tok_dir = run_path / TOKENIZER_DIR
+    tokenizer = Tokenizer.from_dir(tok_dir) if (tok_dir / "vocab.json").is_file() else None
+
+    def report(stage, done, total):
+        if progress is not None:
+            progress("prepare", {"stage": stage, "done": done, "total": total, "time": time.time()})
+
+    prepared = prepare_data(cfg, tokenizer=tokenizer, run_dir=run_path, progress=report)
+    train = prepared.train_tokens
+    val = prepared.val_tokens
+    if isinstance(train, int):  # counts: the arrays live in the token files
+        train = load_token_file(prepared.train_path)[0]
+    if isinstance(val, int):
+        val = load_token_file(prepared.val_path)[0]
+    return _Data(prepared.tokenizer, train, val, getattr(prepared, "val_bytes", None))
+
+
+def _fit_vocab(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
+    """Make model.vocab_size cover the tokenizer: grow it for a given tokenizer.path, else insist."""
+    vocab = int(getattr(tokenizer, "vocab_size", 0) or 0)
+    if vocab <= cfg.model.vocab_size:
+        return cfg
+    if cfg.tokenizer.path:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+    raise ConfigError([f"the tokenizer has {vocab} tokens but model.vocab_size is {cfg.model.vocab_size}; "
+                       f"set model.vocab_size to at least {vocab}"])
+
+
+def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Relative data and tokenizer paths made absolute, so the run's config.toml works from anywhere."""
+    from lm.config.loader import NAMED_DATASETS
+
+    def fix(p: str, keep_names: bool) -> str:
+        if not p or (keep_names and p in NAMED_DATASETS):
+            return p
+        path = Path(p).expanduser()
+        return str(path.resolve()) if path.exists() else p
+
+    data = dataclasses.replace(cfg.data, source=fix(cfg.data.source, True),
+                               val_source=fix(cfg.data.val_source, True), cache_dir=fix(cfg.data.cache_dir, False))
+    tok = dataclasses.replace(cfg.tokenizer, path=fix(cfg.tokenizer.path, False))
+    return dataclasses.replace(cfg, data=data, tokenizer=tok)

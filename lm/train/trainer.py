@@ -1,0 +1,460 @@
+"""The training engine: one object that trains one experiment into one run directory.
+
+Data comes in as token arrays (and optionally a batch sampler), so the same
+trainer runs on a memmapped corpus, a synthetic array in a test, or a
+benchmark's random tokens. :func:`lm.train.experiment.run_experiment` wires
+it to data preparation for ``lab run``, the queue and the console.
+
+What a run guarantees:
+
+- Resume is exact: a checkpoint holds the model, the optimizer, the step
+  (hence the schedule position), every RNG state and the sampler's state, so
+  N steps + kill + resume + N steps equals 2N steps bit for bit on the CPU.
+- Nothing non-finite is ever checkpointed: each step's loss and gradient norm
+  go into a device buffer that is checked before every log line, evaluation
+  and checkpoint. A NaN or inf halts the run (exit 4, state ``diverged``) with
+  a ``halt`` event naming the step; the last good checkpoint stays as it was.
+- SIGINT/SIGTERM checkpoint at the next step boundary and exit 5.
+- Host syncs happen only at log, eval and checkpoint steps, so metrics cost
+  well under 1% of step time (bench/train_overhead.py).
+
+Fault injection for tests: the environment variable ``LAB_INJECT_NAN_AT_STEP=N``
+makes the loss of step N NaN, to exercise the divergence path end to end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lm.config.schema import ExperimentConfig, to_dict
+from lm.errors import CheckpointError, DataError, LabError
+from lm.model import TransformerLM, check_state_dict
+from lm.optim import clip_grad_norm
+from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
+from lm.train.checkpointing import CHECKPOINT_FORMAT, CheckpointDir, capture_rng, load_training_checkpoint, restore_rng
+from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
+from lm.train.optimization import build_optimizer, grad_norm, lr_at
+from lm.train.policy import DevicePolicy, configure_backends, peak_memory, reset_peak_memory, resolve_policy
+from lm.train.recorder import Progress, RunRecorder
+from lm.train.signals import StopRequest
+from lm.train.window import StepWindow, WindowStats
+
+INJECT_NAN_ENV = "LAB_INJECT_NAN_AT_STEP"
+
+
+@dataclass
+class TrainState:
+    """Counters that survive a resume (the ``trainer`` entry of a checkpoint)."""
+
+    step: int = 0
+    tokens: int = 0
+    time: float = 0.0
+    best_val_loss: float | None = None
+    best_val_bpb: float | None = None
+    last_val_loss: float | None = None
+    last_val_bpb: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"time": self.time, "tokens": self.tokens, "best_val_loss": self.best_val_loss,
+                "best_val_bpb": self.best_val_bpb, "last_val_loss": self.last_val_loss,
+                "last_val_bpb": self.last_val_bpb}
+
+
+def default_sampler(tokens, batch_size: int, context_length: int, seed: int):
+    """The random-window batch sampler of :mod:`lm.data.batches`."""
+    from lm.data.batches import BatchSampler
+
+    return BatchSampler(tokens, batch_size, context_length, seed)
+
+
+def default_eval_batches(tokens, batch_size: int, context_length: int, num_batches: int):
+    """The fixed, evenly spread validation windows of :mod:`lm.data.batches`."""
+    from lm.data.batches import eval_batches
+
+    return eval_batches(tokens, batch_size, context_length, num_batches)
+
+
+class Trainer:
+    """Trains ``cfg`` into ``run_dir``; :meth:`run` returns the exit code of docs/run-directory.md.
+
+    ``train_tokens``/``val_tokens`` are 1-D token arrays (memmaps are fine);
+    ``val_bytes`` is the byte length of the validation text (for bits per
+    byte when ``tokenizer`` is not given). ``sampler`` replaces the default
+    :class:`lm.data.batches.BatchSampler`; ``policy`` the device policy from
+    the config. ``record_train_metrics=False`` skips train records and their
+    host sync (only for measuring what they cost).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike, *, train_tokens, val_tokens,
+                 val_bytes: int | None = None, tokenizer=None, policy: DevicePolicy | None = None,
+                 sampler=None, progress: Progress | None = None, recorder: RunRecorder | None = None,
+                 stop: StopRequest | None = None, record_train_metrics: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.train_tokens = train_tokens
+        self.val_tokens = val_tokens
+        self.val_bytes = val_bytes
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.sampler = sampler
+        self.progress = progress
+        self.recorder = recorder
+        self.stop = stop
+        self.record_train_metrics = record_train_metrics
+        inject = os.environ.get(INJECT_NAN_ENV, "").strip()
+        self._inject_nan_at = int(inject) if inject.isdigit() else None
+        self.state = TrainState()
+        self.summary: dict = {}
+        self._ready = False
+        self._resumed_from: Path | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, resume_from: str | os.PathLike | None = None) -> None:
+        """Build model, optimizer, sampler and eval windows; restore ``resume_from`` if given.
+
+        Raises CheckpointError for a checkpoint that is unreadable or was
+        written for a different model, DataError for too little data.
+        """
+        cfg = self.cfg
+        self.policy = policy = self.policy or resolve_policy(cfg.training)
+        configure_backends(policy)
+        T = cfg.model.context_length
+        for name, toks in (("training", self.train_tokens), ("validation", self.val_tokens)):
+            if len(toks) < T + 1:
+                raise DataError(f"the {name} data has {len(toks)} tokens, fewer than model.context_length + 1 "
+                                f"= {T + 1}; use more text (data.max_bytes, data.val_fraction) or a shorter context")
+        seed = cfg.training.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        # Initialized on the CPU so a seed gives the same weights on every device.
+        self.model = TransformerLM(cfg.model).to(policy.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        if self.sampler is None:
+            self.sampler = default_sampler(self.train_tokens, cfg.training.batch_size, T, seed)
+        eval_bs = cfg.eval.batch_size or cfg.training.batch_size
+        self.eval_batches = to_device_batches(
+            default_eval_batches(self.val_tokens, eval_bs, T, cfg.eval.batches), policy.device)
+        lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size) if self.tokenizer is not None else None
+        self.token_bytes = torch.as_tensor(lengths, device=policy.device) if lengths is not None else None
+        self.bytes_per_token = (self.val_bytes / len(self.val_tokens)) if self.val_bytes else None
+        self.checkpoints = CheckpointDir(self.run_dir / CHECKPOINT_DIR, cfg.checkpoint.keep_last)
+        self.checkpoints.remove_stale_temp_files()
+        self.state = TrainState()
+        rng_state = None
+        if resume_from is not None:
+            rng_state = self._restore(Path(resume_from))
+        # Compiling wraps the module; checkpoints always save the underlying one.
+        self.train_model = torch.compile(self.model) if policy.compile else self.model
+        self.model.train()
+        if rng_state is not None:
+            self._rng_missing = restore_rng(rng_state, policy.device)  # last: nothing above may draw after it
+        self._ready = True
+
+    def _restore(self, path: Path) -> dict | None:
+        ckpt = load_training_checkpoint(path)
+        try:
+            check_state_dict(self.model, ckpt["model"])
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written for a different model than this config describes "
+                f"({e}) Resume with the run's own config.toml, or start a new run directory.") from None
+        self.model.load_state_dict(ckpt["model"])
+        if "optimizer" in ckpt:
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise CheckpointError(f"cannot resume from {path}: its optimizer state does not fit this model "
+                                      f"({e})") from None
+        if ckpt.get("sampler") is not None:
+            self.sampler.load_state_dict(ckpt["sampler"])
+        t = ckpt.get("trainer") or {}
+        self.state = TrainState(step=int(ckpt.get("iteration", 0)), tokens=int(t.get("tokens", 0)),
+                                time=float(t.get("time", 0.0)), best_val_loss=t.get("best_val_loss"),
+                                best_val_bpb=t.get("best_val_bpb"), last_val_loss=t.get("last_val_loss"),
+                                last_val_bpb=t.get("last_val_bpb"))
+        self._resumed_from = path
+        self._exact_resume = "sampler" in ckpt and "rng" in ckpt
+        return ckpt.get("rng")
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, resume_from: str | os.PathLike | None = None) -> int:
+        """Train to ``training.steps`` (or until stopped); return 0, 1, 2, 4 or 5.
+
+        Bad input (LabError) is recorded in status.json and re-raised so the
+        caller shows the message; a crash is recorded, its traceback printed
+        to stderr, and 1 returned.
+        """
+        cfg = self.cfg
+        own_recorder = self.recorder is None
+        if own_recorder:
+            self.recorder = RunRecorder(self.run_dir, cfg.training.steps, self.progress)
+        rec = self.recorder
+        stop = self.stop or StopRequest()
+        self.stop = stop
+        try:
+            with stop:
+                if not self._ready:
+                    self.setup(resume_from)
+                self._write_run_files()
+                return self._train()
+        except LabError as e:
+            self._record_failure(str(e), 2)
+            raise
+        except KeyboardInterrupt:
+            msg = "interrupted twice: stopped without a new checkpoint; resume continues from the last one"
+            rec.event("stop", self.state.step, self._now(), msg)
+            rec.finish("stopped", 5, msg)
+            return 5
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            self._record_failure(f"{type(e).__name__}: {e}", 1)
+            return 1
+        finally:
+            if own_recorder:
+                rec.close()
+
+    def _record_failure(self, message: str, code: int) -> None:
+        try:
+            self.recorder.event("error", self.state.step, self._now(), message)
+            self.recorder.finish("failed", code, message)
+        except Exception:  # the disk may be the problem; the exit code still says it
+            pass
+
+    def _write_run_files(self) -> None:
+        """config.toml as actually run and the tokenizer, once setup has succeeded."""
+        from lm.config.loader import write_resolved
+
+        write_resolved(self.cfg, self.run_dir / CONFIG_FILE)
+        tok_dir = self.run_dir / TOKENIZER_DIR
+        if self.tokenizer is not None and not (tok_dir / "vocab.json").is_file():
+            self.tokenizer.save(tok_dir)
+
+    def _now(self) -> float:
+        """Seconds of training since the run first started (continues across resumes)."""
+        if not hasattr(self, "_clock0"):
+            return self.state.time
+        return self._time_base + time.perf_counter() - self._clock0
+
+    def _train(self) -> int:
+        cfg, st, rec = self.cfg, self.state, self.recorder
+        total = cfg.training.steps
+        self._clock0, self._time_base = time.perf_counter(), st.time
+        self._session_step0, self._session_t0 = st.step, time.perf_counter()
+        reset_peak_memory(self.policy.device)
+        if self._resumed_from is not None:
+            dropped = rec.drop_metrics_after(st.step)
+            rel = _rel(self._resumed_from, self.run_dir)
+            note = "" if self._exact_resume else " (the checkpoint has no RNG/sampler state: not bit-exact)"
+            rec.update_status(state="running", step=st.step, tokens=st.tokens, total_steps=total)
+            rec.event("resume", st.step, st.time, f"resumed from {rel} at step {st.step}{note}", path=rel,
+                      dropped_records=dropped)
+        else:
+            rec.update_status(state="running", step=0, tokens=0, total_steps=total, message="")
+            rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
+                      f"{self.policy.device_name} ({self.policy.dtype}{', compiled' if self.policy.compile else ''})",
+                      device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
+                      params=self.model.num_params())
+        if st.step >= total:
+            return self._finish(f"already finished: step {st.step} of {total}")
+        self._mfu_inputs = _mfu_inputs(cfg.model, self.policy)
+        window = StepWindow(cfg.training.log_every, self.policy.device)
+        self._win_t0, self._win_paused = time.perf_counter(), 0.0
+        while st.step < total:
+            if self.stop.requested:  # asked before the first step of this session
+                return self._boundary(window, stopping=True)
+            self._step(window)
+            code = self._boundary(window, stopping=self.stop.requested)
+            if code is not None:
+                return code
+        return self._finish("")
+
+    def _step(self, window: StepWindow) -> None:
+        cfg, policy = self.cfg, self.policy
+        step = self.state.step + 1
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # Gradients of the previous step lived until now so a halt can name the worst one;
+        # freeing them before the forward keeps them out of the activation peak.
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = cfg.training.grad_accum
+        loss_sum = None
+        for _ in range(accum):
+            x, y = self.sampler.next_batch(policy.device)
+            with policy.autocast():
+                logits = self.train_model(x)
+            # torch's fused cross-entropy (checked against lm.functional.cross_entropy in the core tests).
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+            if self._inject_nan_at == step:
+                loss = loss * float("nan")
+            (loss / accum).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        clip = cfg.optimizer.grad_clip
+        norm = clip_grad_norm(self.params, clip) if clip > 0 else grad_norm(self.params)
+        self.optimizer.step()
+        window.add(step, loss_sum / accum, norm, lr)
+        self.state.step = step
+        self.state.tokens += cfg.tokens_per_step
+
+    def _boundary(self, window: StepWindow, stopping: bool) -> int | None:
+        """Log, evaluate, checkpoint, stop or halt after a step; an exit code ends the run."""
+        cfg, st = self.cfg, self.state
+        step, total = st.step, cfg.training.steps
+        last = step >= total
+        do_log = self.record_train_metrics and (step % cfg.training.log_every == 0 or last)
+        do_eval = (cfg.eval.every > 0 and step % cfg.eval.every == 0) or last
+        do_ckpt = (cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0) or last
+        time_up = cfg.training.max_time > 0 and self._now() >= cfg.training.max_time
+        if not (do_log or do_eval or do_ckpt or stopping or time_up):
+            return None
+        stats = window.peek()  # the one host sync of this boundary
+        synced = time.perf_counter()
+        bad = stats.first_non_finite()
+        if bad is not None:
+            return self._halt(stats, bad)
+        if do_log and stats.steps:
+            self._log_train(stats, synced)
+            window.clear()
+        improved = False
+        if do_eval or (time_up and not last):
+            improved = self._evaluate()
+        if do_ckpt or improved or stopping or time_up:
+            self._save(step_file=do_ckpt, best=improved)
+        if do_log:
+            self._win_t0, self._win_paused = time.perf_counter(), 0.0
+        else:
+            self._win_paused += time.perf_counter() - synced
+        if stopping:
+            msg = f"stopped by {self.stop.signal_name} at step {step} of {total}; resume with: lab run --resume {self.run_dir}"
+            self.recorder.event("stop", step, self._now(), msg)
+            self._summarize()
+            self.recorder.finish("stopped", 5, msg, step=step, tokens=st.tokens)
+            return 5
+        if time_up and not last:
+            return self._finish(f"reached training.max_time = {cfg.training.max_time:g} s at step {step} of {total}")
+        return None
+
+    def _log_train(self, stats: WindowStats, synced: float) -> None:
+        cfg, st = self.cfg, self.state
+        seconds = max(synced - self._win_t0 - self._win_paused, 1e-9)
+        tokens_per_s = len(stats.steps) * cfg.tokens_per_step / seconds
+        loss = stats.mean_loss()
+        flops_per_token, peak, estimated = self._mfu_inputs
+        mfu = tokens_per_s * flops_per_token / peak if flops_per_token and peak else None
+        record = {"type": "train", "step": st.step, "tokens": st.tokens, "time": round(self._now(), 3),
+                  "loss": loss, "ppl": math.exp(loss) if loss < 700 else float("inf"), "lr": stats.lrs[-1],
+                  "grad_norm": stats.mean_grad_norm(), "tokens_per_s": round(tokens_per_s, 1),
+                  "mfu": mfu, "mfu_estimated": estimated, "peak_mem": peak_memory(self.policy.device)}
+        self.recorder.metric(record)
+        self.recorder.update_status(step=st.step, tokens=st.tokens)
+
+    def _evaluate(self) -> bool:
+        """Evaluate, record it, and say whether it is the best validation loss so far."""
+        st = self.state
+        res = evaluate(self.model, self.eval_batches, self.policy, token_bytes=self.token_bytes,
+                       bytes_per_token=self.bytes_per_token)
+        now = round(self._now(), 3)
+        self.recorder.metric({"type": "eval", "step": st.step, "tokens": st.tokens, "time": now,
+                              "val_loss": res.loss, "val_ppl": res.ppl, "val_bpb": res.bpb})
+        improved = math.isfinite(res.loss) and (st.best_val_loss is None or res.loss < st.best_val_loss)
+        st.last_val_loss, st.last_val_bpb = res.loss, res.bpb
+        if improved:
+            st.best_val_loss, st.best_val_bpb = res.loss, res.bpb
+        bpb = f", {res.bpb:.4f} bits/byte" if res.bpb is not None else ""
+        self.recorder.event("eval", st.step, now, f"val_loss {res.loss:.4f}{bpb}" + (" (best)" if improved else ""),
+                            val_loss=res.loss, val_bpb=res.bpb)
+        self.recorder.update_status(step=st.step, tokens=st.tokens, best_val_loss=st.best_val_loss,
+                                    best_val_bpb=st.best_val_bpb, last_val_loss=st.last_val_loss)
+        return improved
+
+    def checkpoint_dict(self) -> dict:
+        """The resumable checkpoint of the current state (format ``lm-checkpoint/1``)."""
+        self.state.time = self._now()
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "iteration": self.state.step,
+                "config": to_dict(self.cfg), "sampler": self.sampler.state_dict(),
+                "rng": capture_rng(self.policy.device), "trainer": self.state.to_dict()}
+
+    def _save(self, *, step_file: bool, best: bool) -> None:
+        paths = self.checkpoints.save(self.checkpoint_dict(), self.state.step, keep_step_file=step_file, best=best)
+        rel = _rel(paths[0], self.run_dir)
+        self.recorder.event("checkpoint", self.state.step, self._now(), rel, path=rel, best=best)
+
+    def _halt(self, stats: WindowStats, i: int) -> int:
+        step, loss, gn, lr = stats.steps[i], stats.losses[i], stats.grad_norms[i], stats.lrs[i]
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        worst = self._worst_gradient()
+        latest = self.checkpoints.latest
+        good = (f"the last good checkpoint is {_rel(latest, self.run_dir)}" if latest.is_file()
+                else "no checkpoint had been written yet")
+        msg = (f"non-finite {what} at step {step}: loss={loss}, grad_norm={gn}, lr={lr:.3g}"
+               + (f"; largest gradient in {worst[0]} (norm {worst[1]:.3g})" if worst else "")
+               + f". Training stopped; {good}. Try a lower optimizer.lr, more schedule.warmup_steps "
+               "or optimizer.grad_clip.")
+        self.recorder.event("halt", step, self._now(), msg, loss=loss, grad_norm=gn, lr=lr,
+                            param=worst[0] if worst else None)
+        self._summarize()
+        self.recorder.finish("diverged", 4, msg)
+        return 4
+
+    def _worst_gradient(self) -> tuple[str, float] | None:
+        """The first parameter with a non-finite gradient, else the largest (from the last step's grads)."""
+        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        if not named:
+            return None
+        norms = torch.stack([g.detach().float().norm() for _, g in named]).cpu().tolist()
+        for (name, _), norm in zip(named, norms):
+            if not math.isfinite(norm):
+                return name, norm
+        j = max(range(len(norms)), key=norms.__getitem__)
+        return named[j][0], norms[j]
+
+    def _summarize(self) -> None:
+        st = self.state
+        seconds = time.perf_counter() - getattr(self, "_session_t0", time.perf_counter())
+        trained = (st.step - getattr(self, "_session_step0", st.step)) * self.cfg.tokens_per_step
+        self.summary = {"steps": st.step, "total_steps": self.cfg.training.steps, "tokens": st.tokens,
+                        "val_loss": st.last_val_loss, "val_bpb": st.last_val_bpb,
+                        "best_val_loss": st.best_val_loss, "best_val_bpb": st.best_val_bpb,
+                        "tokens_per_s": trained / seconds if seconds > 0 and trained else None,
+                        "wall_time": seconds, "run_dir": str(self.run_dir)}
+
+    def _finish(self, message: str) -> int:
+        st = self.state
+        self._summarize()
+        self.recorder.event("finish", st.step, self._now(), message or f"finished {st.step} steps",
+                            val_loss=st.last_val_loss, val_bpb=st.last_val_bpb)
+        self.recorder.finish("done", 0, message, step=st.step, tokens=st.tokens)
+        return 0
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _mfu_inputs(model_cfg, policy: DevicePolicy) -> tuple[float | None, float | None, bool]:
+    """(training FLOPs per token, peak FLOP/s, peak is an estimate) from the calculator."""
+    try:
+        from lm.calc import peak_flops, training_flops_per_token
+    except ImportError:  # the calculator is optional at run time; MFU is then left out
+        return None, None, True
+    peak, estimated = peak_flops(policy.device_name, policy.dtype)
+    return float(training_flops_per_token(model_cfg)), float(peak), bool(estimated)
