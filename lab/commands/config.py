@@ -65,7 +65,7 @@ def _show(args) -> int:
         from rich.console import Console
         from rich.syntax import Syntax
 
-        Console().print(Syntax(text, "toml", theme="ansi_dark", background_color="default"))
+        Console().print(Syntax(text, "toml", theme="ansi_dark", background_color="default", word_wrap=True))
     else:
         sys.stdout.write(text)
     return 0

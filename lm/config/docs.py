@@ -10,9 +10,10 @@ import dataclasses
 import typing
 from typing import NamedTuple
 
-from lm.config.loader import EXTENDS_KEY, PRESET_KEY, TOP_LEVEL_KEYS, _hints, _suggest, toml_value, type_text
+from lm.config.loader import EXTENDS_KEY, PRESET_KEY, TOP_LEVEL_KEYS, field_types, did_you_mean, toml_value, type_text
 from lm.config.schema import PRESETS, SECTIONS, ExperimentConfig, field_docs
 from lm.errors import ConfigError
+
 
 class FieldDoc(NamedTuple):
     """One documented key, for ``lab config docs`` and the console's form."""
@@ -32,7 +33,7 @@ class FieldDoc(NamedTuple):
 def field_reference(section: str | None = None) -> list[FieldDoc]:
     """Every key an experiment file may set (or those of one section), with type, default and doc."""
     if section is not None and section not in SECTIONS and section != "top":
-        raise ConfigError([f"unknown section {section!r}{_suggest(section, SECTIONS)}; "
+        raise ConfigError([f"unknown section {section!r}{did_you_mean(section, SECTIONS)}; "
                            f"sections are {', '.join(SECTIONS)} (or 'top' for top-level keys)"])
     out: list[FieldDoc] = []
     if section in (None, "top"):
@@ -46,7 +47,7 @@ def field_reference(section: str | None = None) -> list[FieldDoc]:
     for sec, cls in SECTIONS.items():
         if section not in (None, sec):
             continue
-        docs, hints, default = field_docs(cls), _hints(cls), cls()
+        docs, hints, default = field_docs(cls), field_types(cls), cls()
         if sec == "model":
             out.append(FieldDoc(sec, PRESET_KEY, "a string", "(none)",
                                 "Start from a named model preset; the other [model] keys override it.",

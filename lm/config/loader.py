@@ -33,17 +33,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lm.config.schema import PRESETS, SECTIONS, ExperimentConfig, to_dict
+from lm.config.rules import NAMED_DATASETS, check_rules, resolve_path  # noqa: F401 (NAMED_DATASETS re-exported)
 from lm.config.toml_lines import key_lines
 from lm.errors import ConfigError
 
-# Datasets the data layer knows by name; any other data.source is a path.
-NAMED_DATASETS = ("builtin", "tinystories", "owt", "tinyshakespeare")
 TOP_LEVEL_KEYS = ("name", "description", "runs_dir")
 EXTENDS_KEY = "extends"
 PRESET_KEY = "preset"
 EXPERIMENTS_DIR = "experiments"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
-_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _KEY_PART_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 KeyPath = tuple[str, ...]
@@ -110,9 +107,8 @@ def _normalize_overrides(overrides) -> list[Override]:
         walk("", overrides)
         return out
     items = list(overrides)
-    if all(isinstance(o, Override) for o in items):
-        return items
-    return parse_overrides(str(o) for o in items)
+    parsed = iter(parse_overrides(str(o) for o in items if not isinstance(o, Override)))
+    return [o if isinstance(o, Override) else next(parsed) for o in items]
 
 
 class _Origin(NamedTuple):
@@ -168,27 +164,30 @@ def apply_overrides(cfg_dict_or_experiment, overrides, *, source: str | None = N
 
 # ----------------------------------------------------------------------------- files
 
-def load_experiment(path, overrides=(), *, base_dir=None) -> ExperimentConfig:
+def load_experiment(path, overrides=(), *, base_dir=None, check_paths: bool = True) -> ExperimentConfig:
     """Load, resolve and validate an experiment file; raise ConfigError listing every problem.
 
     ``path`` may also be a bare name (``quickstart``) for ``experiments/<name>.toml``.
     ``base_dir`` (default: the current directory) is what relative data and
     tokenizer paths, and the experiments/ folder, are resolved against.
+    ``check_paths=False`` skips the existence checks of data and tokenizer
+    paths: for reading a finished run's config.toml, whose corpus may be gone.
     """
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     resolved = resolve_experiment_path(path, base)
-    display = str(path) if resolved == _resolve(str(path), base) else _display(resolved)
-    return load_experiment_text(_read_text(resolved, display), display, overrides, base_dir=base, _file=resolved)
+    display = str(path) if resolved == resolve_path(str(path), base) else _display(resolved)
+    return load_experiment_text(_read_text(resolved, display), display, overrides, base_dir=base,
+                                check_paths=check_paths, _file=resolved)
 
 
-def load_experiment_text(text: str, source_name: str, overrides=(), *, base_dir=None,
+def load_experiment_text(text: str, source_name: str, overrides=(), *, base_dir=None, check_paths: bool = True,
                          _file: Path | None = None) -> ExperimentConfig:
     """Like :func:`load_experiment`, for TOML text; ``source_name`` names it in errors.
 
     An ``extends`` path is resolved against the directory of ``source_name``.
     """
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    file = (_file or _resolve(source_name, base)).resolve()
+    file = (_file or resolve_path(source_name, base)).resolve()
     data, origins = _load_layers(text, source_name, file, chain=())
     problems: list[str] = []
     try:
@@ -196,13 +195,14 @@ def load_experiment_text(text: str, source_name: str, overrides=(), *, base_dir=
     except ConfigError as e:
         raise ConfigError(e.problems, source=source_name) from None
     _apply(data, origins, ovs, problems)
-    return _build(data, origins, problems, main=source_name, base_dir=base)
+    return _build(data, origins, problems, main=source_name, base_dir=base, check_paths=check_paths)
 
 
-def experiment_from_dict(d: Mapping, source: str | None = None, *, base_dir=None) -> ExperimentConfig:
+def experiment_from_dict(d: Mapping, source: str | None = None, *, base_dir=None,
+                         check_paths: bool = True) -> ExperimentConfig:
     """Validate a plain dict (e.g. parsed TOML, or a sweep's trial) exactly like a file."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    return _build(_deep_copy(d), {}, [], main=source, base_dir=base)
+    return _build(_deep_copy(d), {}, [], main=source, base_dir=base, check_paths=check_paths)
 
 
 def resolve_experiment_path(path, base_dir: Path | None = None) -> Path:
@@ -316,7 +316,8 @@ def _deep_copy(d):
 # ----------------------------------------------------------------------------- validation
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
+    """{field name: resolved type} of a schema dataclass."""
     return typing.get_type_hints(cls)
 
 
@@ -443,22 +444,24 @@ class _Checker:
             self.add(message, *keys)
 
 
-def _suggest(key: str, candidates: Iterable[str]) -> str:
+def did_you_mean(key: str, candidates: Iterable[str]) -> str:
+    """The hint ``" — did you mean 'x'?"`` for the closest candidate, or ``""`` when none is close."""
     close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
     return f" — did you mean '{close[0]}'?" if close else ""
 
 
 def _suggest_field(section: str, key: str) -> str:
-    hint = _suggest(key, _field_names(section))
+    hint = did_you_mean(key, _field_names(section))
     if hint:
         return hint.replace("'", f"'{section}.", 1)
     for other in SECTIONS:
         if key in _field_names(other):
             return f" — did you mean '{other}.{key}'?"
-    return _suggest(f"{section}.{key}", [f"{s}.{f}" for s in SECTIONS for f in _field_names(s)])
+    return did_you_mean(f"{section}.{key}", [f"{s}.{f}" for s in SECTIONS for f in _field_names(s)])
 
 
-def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, base_dir: Path) -> ExperimentConfig:
+def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, base_dir: Path,
+           check_paths: bool = True) -> ExperimentConfig:
     """Check types and keys of the merged dict, build the config, check cross-field rules."""
     ck = _Checker(origins, main)
     top: dict[str, Any] = {}
@@ -482,15 +485,16 @@ def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, 
             hint = f" — did you mean [{close[0]}]?" if close else f"; sections are {', '.join(SECTIONS)}"
             ck.add(f"unknown section [{key}]{{at}}{hint}", key)
         else:
-            hint = next((f" — did you mean '{s}.{key}'? (keys above the first [section] header are top-level)"
-                         for s in SECTIONS if key in _field_names(s)), "")
-            hint = hint or _suggest(key, (*TOP_LEVEL_KEYS, *SECTIONS, EXTENDS_KEY))
+            from_file = (o := ck.origin(key)) is not None and o.override is None
+            note = " (keys above the first [section] header are top-level)" if from_file else ""
+            hint = next((f" — did you mean '{s}.{key}'?{note}" for s in SECTIONS if key in _field_names(s)), "")
+            hint = hint or did_you_mean(key, (*TOP_LEVEL_KEYS, *SECTIONS, EXTENDS_KEY))
             ck.add(f"unknown key '{key}'{{at}}{hint}", key)
 
     values: dict[str, dict] = {s: {} for s in SECTIONS}
     preset = None
     for section, table in tables.items():
-        hints = _hints(SECTIONS[section])
+        hints = field_types(SECTIONS[section])
         for key, value in table.items():
             dotted = f"{section}.{key}"
             if section == "model" and key == PRESET_KEY:
@@ -498,7 +502,7 @@ def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, 
                     preset = value
                 else:
                     ck.add(f"{dotted} must be one of {', '.join(repr(p) for p in PRESETS)}, got {_show(value)}"
-                           + _suggest(str(value), PRESETS), dotted)
+                           + did_you_mean(str(value), PRESETS), dotted)
                 continue
             if key not in hints:
                 ck.add(f"unknown key '{dotted}'{{at}}{_suggest_field(section, key)}", dotted)
@@ -509,7 +513,7 @@ def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, 
             else:
                 ck.bad.add(dotted)
                 choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is typing.Literal else ()
-                hint = _suggest(value, choices) if isinstance(value, str) else ""
+                hint = did_you_mean(value, choices) if isinstance(value, str) else ""
                 ck.add(f"{dotted} must be {type_text(hints[key])}, got {_show(value)}{hint}", dotted)
 
     tok = SECTIONS["tokenizer"](**values["tokenizer"])
@@ -521,93 +525,11 @@ def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, 
         **top, tokenizer=tok, model=SECTIONS["model"](**model_kwargs),
         **{s: SECTIONS[s](**values[s]) for s in SECTIONS if s not in ("tokenizer", "model")},
     )
-    _check_rules(cfg, ck, base_dir)
+    check_rules(cfg, ck, base_dir if check_paths else None)
     problems = problems + ck.messages()
     if problems:
         raise ConfigError(problems, source=main)
     return cfg
-
-
-def _check_rules(cfg: ExperimentConfig, ck: _Checker, base_dir: Path) -> None:
-    """Cross-field and range rules; each names the keys involved so it is placed and skipped right."""
-    need = ck.need
-    need(bool(_NAME_RE.fullmatch(cfg.name)), f"name must start with a letter or digit and use only letters, "
-         f"digits and . _ - + = (it names run directories), got {cfg.name!r}", "name")
-    need(bool(cfg.runs_dir.strip()), "runs_dir must not be empty", "runs_dir")
-
-    d = cfg.data
-    need(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}", "data.val_fraction")
-    need(d.max_bytes >= 0, f"data.max_bytes must be >= 0 (0 = all), got {d.max_bytes}", "data.max_bytes")
-    for key, src in (("data.source", d.source), ("data.val_source", d.val_source)):
-        if key in ck.bad or (key == "data.val_source" and not src):
-            continue
-        if not src:
-            ck.add(f"{key} must not be empty: give a file, a directory, 'builtin' or one of "
-                   f"{', '.join(repr(n) for n in NAMED_DATASETS[1:])}", key)
-        elif src not in NAMED_DATASETS and not _resolve(src, base_dir).exists():
-            hint = _suggest(src, NAMED_DATASETS)
-            ck.add(f"{key}: no such file or directory {src!r} (relative to {base_dir}); a source is a text file, "
-                   f"a directory of .txt files, or one of {', '.join(repr(n) for n in NAMED_DATASETS)}{hint}", key)
-
-    t = cfg.tokenizer
-    if t.path:
-        need(_resolve(t.path, base_dir).exists(), f"tokenizer.path: no such tokenizer directory {t.path!r} "
-             f"(relative to {base_dir}); leave it empty to train one on the corpus", "tokenizer.path")
-    else:
-        lo = 256 + len(t.special_tokens)
-        need(t.vocab_size >= lo, f"tokenizer.vocab_size must be at least 256 bytes + {len(t.special_tokens)} "
-             f"special tokens = {lo}, got {t.vocab_size}", "tokenizer.vocab_size", "tokenizer.special_tokens")
-        need(cfg.model.vocab_size >= t.vocab_size, f"model.vocab_size ({cfg.model.vocab_size}) must be at least "
-             f"tokenizer.vocab_size ({t.vocab_size}); leave model.vocab_size out to use the tokenizer's",
-             "model.vocab_size", "tokenizer.vocab_size")
-    need(all(t.special_tokens) and len(set(t.special_tokens)) == len(t.special_tokens),
-         f"tokenizer.special_tokens must be distinct non-empty strings, got {t.special_tokens}",
-         "tokenizer.special_tokens")
-    need(t.train_bytes >= 0, f"tokenizer.train_bytes must be >= 0 (0 = all), got {t.train_bytes}",
-         "tokenizer.train_bytes")
-
-    for problem in cfg.model.problems():
-        keys = list(dict.fromkeys(re.findall(r"\bmodel\.\w+", problem)))
-        need(False, problem, *keys)
-
-    o = cfg.optimizer
-    need(o.lr > 0, f"optimizer.lr must be positive, got {o.lr}", "optimizer.lr")
-    need(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas),
-         f"optimizer.betas must be two numbers in [0, 1), like [0.9, 0.95], got {o.betas}", "optimizer.betas")
-    need(o.eps > 0, f"optimizer.eps must be positive, got {o.eps}", "optimizer.eps")
-    need(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}", "optimizer.weight_decay")
-    need(o.grad_clip >= 0, f"optimizer.grad_clip must be >= 0 (0 = off), got {o.grad_clip}", "optimizer.grad_clip")
-
-    s, tr = cfg.schedule, cfg.training
-    need(s.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {s.warmup_steps}", "schedule.warmup_steps")
-    need(s.warmup_steps <= tr.steps, f"schedule.warmup_steps ({s.warmup_steps}) must be at most training.steps "
-         f"({tr.steps})", "schedule.warmup_steps", "training.steps")
-    need(s.cosine_steps == 0 or s.cosine_steps >= s.warmup_steps, f"schedule.cosine_steps ({s.cosine_steps}) must be "
-         f"0 (= training.steps) or at least schedule.warmup_steps ({s.warmup_steps})",
-         "schedule.cosine_steps", "schedule.warmup_steps")
-    need(s.cosine_steps >= 0, f"schedule.cosine_steps must be >= 0, got {s.cosine_steps}", "schedule.cosine_steps")
-    need(0.0 <= s.min_lr_ratio <= 1.0, f"schedule.min_lr_ratio must be in [0, 1], got {s.min_lr_ratio}",
-         "schedule.min_lr_ratio")
-
-    for key in ("steps", "batch_size", "grad_accum", "log_every"):
-        need(getattr(tr, key) >= 1, f"training.{key} must be at least 1, got {getattr(tr, key)}", f"training.{key}")
-    need(tr.seed >= 0, f"training.seed must be >= 0, got {tr.seed}", "training.seed")
-    need(bool(_DEVICE_RE.fullmatch(tr.device)), f"training.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or "
-         f"'mps', got {tr.device!r}", "training.device")
-    need(tr.max_time >= 0, f"training.max_time must be >= 0 (0 = no limit), got {tr.max_time}", "training.max_time")
-
-    e, c = cfg.eval, cfg.checkpoint
-    need(e.every >= 0, f"eval.every must be >= 0 (0 = only at the end), got {e.every}", "eval.every")
-    need(e.batches >= 1, f"eval.batches must be at least 1, got {e.batches}", "eval.batches")
-    need(e.batch_size >= 0, f"eval.batch_size must be >= 0 (0 = training.batch_size), got {e.batch_size}",
-         "eval.batch_size")
-    need(c.every >= 0, f"checkpoint.every must be >= 0 (0 = only at the end), got {c.every}", "checkpoint.every")
-    need(c.keep_last >= 0, f"checkpoint.keep_last must be >= 0, got {c.keep_last}", "checkpoint.keep_last")
-
-
-def _resolve(p: str, base_dir: Path) -> Path:
-    path = Path(p).expanduser()
-    return path if path.is_absolute() else base_dir / path
 
 
 # ----------------------------------------------------------------------------- writing
@@ -640,6 +562,7 @@ def write_resolved(cfg: ExperimentConfig, path) -> Path:
             f.write(dump_experiment(cfg))
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a config is meant to be read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
