@@ -97,13 +97,13 @@ def nucleus_mask(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tens
     reaches ``top_p``: a token is in it when the mass of the tokens sorted before
     it is below ``top_p``, so the token that crosses the threshold is always in
     and so is the most likely one. Tokens tied with the last one in are in too,
-    so the set never depends on how a sort orders equal probabilities.
+    so the set never depends on how a sort orders equal probabilities. p = 1 keeps all.
     """
     sorted_probs = probs.sort(dim=-1, descending=True).values
     mass_before = F.pad(sorted_probs.cumsum(-1)[..., :-1], (1, 0))  # exclusive cumulative sum
     n_in = (mass_before < top_p).sum(-1, keepdim=True)  # >= 1
     threshold = sorted_probs.gather(-1, n_in - 1)
-    return probs >= threshold
+    return (probs >= threshold) | (top_p >= 1)  # p = 1 keeps even zero-probability tokens
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float | torch.Tensor, top_k: int = 0,

@@ -64,18 +64,30 @@ class Activations:
                 "loss_tensors": dict(self.loss)}
 
 
-def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, exp_fp32: bool = True,
+def sdpa_path(cfg: ModelConfig, device_kind: str, training: bool = True) -> str:
+    """Which kernel ``F.scaled_dot_product_attention`` runs: 'fused', 'math' (dropout off CUDA) or 'mps'."""
+    if device_kind == "cuda":
+        return "fused"
+    if device_kind == "mps":
+        return "mps"
+    return "math" if (training and cfg.attn_dropout > 0) else "fused"
+
+
+def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, device_kind: str = "cuda",
                       training: bool = True, checkpointing: bool = False) -> Activations:
     """Bytes autograd saves for a training forward over ``batch`` x ``T`` tokens.
 
-    ``autocast``: bf16 autocast. ``exp_fp32``: autocast's exp/sum run in fp32 (CUDA, MPS).
-    ``training``: dropout active. ``checkpointing``: each block wrapped in
-    ``torch.utils.checkpoint`` (non-reentrant), which keeps only the block input.
+    ``autocast``: bf16 autocast. ``device_kind``: 'cuda', 'mps' or 'cpu'; it decides
+    autocast's fp32 ops (exp and sum are fp32 on CUDA and MPS, bf16 on CPU),
+    dropout masks (bool on CUDA, a float tensor elsewhere) and the layout of
+    sdpa's output. ``training``: dropout active. ``checkpointing``: each block
+    wrapped in ``torch.utils.checkpoint`` (non-reentrant): only its input is kept.
     """
     d, V, H, f = cfg.d_model, cfg.vocab_size, cfg.num_heads, cfg.ffn_dim
     N = batch * T
     a = 2 if autocast else 4
-    x = 4 if (not autocast or exp_fp32) else 2
+    x = 4 if (not autocast or device_kind != "cpu") else 2
+    drop_mask = 1 if device_kind == "cuda" else a  # fused dropout keeps a bool mask; elsewhere input * noise
     S = batch * H * T * T
     layer: dict[str, float] = {}
 
@@ -90,13 +102,28 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
     layer["qkv.input"] = N * d * a
     if cfg.position == "rope":
         layer["rope.tables"] = 4 * T * (cfg.d_head // 2) * a  # cos and sin, for q and for k
-    if cfg.attention == "sdpa":
-        # sdpa saves q, k, v, out and the log-sum-exp; v is a view of the fused QKV output.
+    out_copy = True  # the (B, H, T, d_head) -> (B, T, d) rearrange copies unless the layout already is (B, T, H, d)
+    path = sdpa_path(cfg, device_kind, training) if cfg.attention == "sdpa" else "naive"
+    if path == "fused":
+        # sdpa saves q, k, v, out and the log-sum-exp; v (and q, k without RoPE) are views of the fused QKV
+        # output, so all of it stays alive.
         layer["qkv.output"] = 3 * N * d * a
         if cfg.position == "rope":
             layer["attn.q_k_rotated"] = 2 * N * d * a
         layer["attn.out"] = N * d * a
         layer["attn.logsumexp"] = batch * H * T * 4
+        # CUDA kernels write the output as (B, T, H, d); the CPU kernel follows q's layout, which is
+        # (B, T, H, d) only when q is the raw view of the fused projection (no RoPE).
+        out_copy = device_kind != "cuda" and cfg.position == "rope"
+    elif path in ("math", "mps"):
+        # The unfused fallback: scaled q, k and v copies, the probabilities (+ dropout noise and result).
+        # CPU autocast runs this path in fp32.
+        m = 4 if device_kind == "cpu" else a
+        layer["attn.q_k_v"] = 3 * N * d * m
+        layer["attn.probs"] = S * m
+        if training and cfg.attn_dropout > 0:
+            layer["attn.dropout_mask"] = S * m
+            layer["attn.dropped_probs"] = S * m
     else:
         # einsum saves q and k (copied first when they are strided views, i.e. without RoPE) and a copy of v.
         layer["attn.q_k_v"] = 3 * N * d * a
@@ -106,15 +133,17 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
         layer["attn.mask"] = T * T * 1
         layer["attn.row_stats"] = batch * H * T * (a + x)
         if training and cfg.attn_dropout > 0:
-            layer["attn.dropout_mask"] = S * 1
-    layer["out_proj.input"] = N * d * a
+            layer["attn.dropout_mask"] = S * (1 if device_kind == "cuda" else x)
+    if out_copy:
+        layer["out_proj.input"] = N * d * a
     if cfg.norm != "none":
         norm_saves("norms")
-    layer["ffn.input"] = N * d * a
+    # Autocast casts activations afresh for each matmul: w1 and w3 each keep their own bf16 copy.
+    layer["ffn.input"] = N * d * a * (2 if autocast and cfg.ffn == "swiglu" else 1)
     # SwiGLU: w1 out, sigmoid, SiLU out, w3 out, gated product; SiLU MLP: w1 out, sigmoid, SiLU out.
     layer["ffn.hidden"] = (5 if cfg.ffn == "swiglu" else 3) * N * f * a
     if training and cfg.resid_dropout > 0:
-        layer["residual.dropout_masks"] = 2 * N * d * 1
+        layer["residual.dropout_masks"] = 2 * N * d * drop_mask
 
     head: dict[str, float] = {"embedding.indices": N * 8}
     if cfg.norm != "none":
@@ -125,7 +154,7 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
 
     # F.cross_entropy(logits.float(), y) as the trainer calls it: the logits stay referenced by the
     # loop's variable until the step ends; log_softmax saves its fp32 output; nll_loss the targets.
-    loss = {"logits": N * V * a, "log_softmax": N * V * 4, "targets": N * 8}
+    loss = {"logits": N * V * a, "log_softmax": N * V * 4, "targets": N * 8 + 4}  # + nll's total_weight
 
     weights_per_layer = 4 * d * d + (3 if cfg.ffn == "swiglu" else 2) * d * f
     copies = 2.0 * (cfg.num_layers * weights_per_layer + V * d) if autocast else 0.0

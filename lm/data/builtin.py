@@ -49,7 +49,7 @@ SEPARATOR = "<|endoftext|>"
 Progress = Callable[[str, int, int], None]
 
 # Characters that mark code rather than prose; a paragraph with many is dropped.
-_CODE_CHARS = frozenset("()[]{}=_<>\\|#@$%^`~+")
+_CODE_CHARS = "()[]{}=_<>\\|#@$%^`~+"
 # A word: optional opening quote/bracket, letters (an inner apostrophe or hyphen), closing punctuation.
 _WORD = re.compile(r"""[("'*]*[A-Za-z][a-z]*(?:['-][A-Za-z][a-z]*)*[)"'*]*[.,;:!?]*[)"']*\Z""")
 # Words nearly every English sentence has; identifier lists and code have none.

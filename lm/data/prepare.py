@@ -117,6 +117,7 @@ def prepare_data(cfg: ExperimentConfig, *, tokenizer=None, run_dir: str | os.Pat
         raise ConfigError([f"tokenizer.vocab_size ({tok_cfg.vocab_size}) is larger than model.vocab_size "
                            f"({cfg.model.vocab_size}); the model must have an embedding for every token"])
     cache = cache_root(data_cfg.cache_dir)
+    remove_stale_temporaries(cache)
     separator = tok_cfg.special_tokens[0] if tok_cfg.special_tokens else "\n\n"
     plan = _TextPlan(cfg, separator, cache, progress)
     try:
@@ -160,6 +161,8 @@ class _TextPlan:
         self.train_source = resolve_source(d.source, key="data.source")
         if d.val_source:
             self.val_source: TextSource | None = resolve_source(d.val_source, key="data.val_source")
+            if self.val_source.valid_paths:  # a dataset named as validation text means its validation file
+                self.val_source = TextSource(d.val_source, "dataset", self.val_source.valid_paths)
         elif self.train_source.valid_paths:
             self.val_source = TextSource(d.source, "dataset", self.train_source.valid_paths)
         else:
@@ -300,6 +303,25 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_stale_temporaries(cache: Path) -> None:
+    """Delete half-made directories left by preparations that were killed (their process is gone)."""
+    for pattern in ("tokens/*.tmp-*", "tokenizers/*.tmp-*", "work/*-*"):
+        for path in cache.glob(pattern):
+            pid = path.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def _read_meta(entry: Path) -> dict | None:
     """The meta of a complete cache entry, or None (missing, interrupted or from an older version)."""
     try:
@@ -328,6 +350,8 @@ def cached_token_sets(cache_dir: str | os.PathLike | None = None) -> list[dict]:
     root = cache_root(cache_dir) / "tokens"
     out = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if ".tmp-" in entry.name:
+            continue
         meta = _read_meta(entry)
         if meta is not None:
             disk = sum(p.stat().st_size for p in entry.iterdir() if p.is_file())

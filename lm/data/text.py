@@ -159,7 +159,8 @@ def _checked_file_chunks(path: Path, start: int, end: int) -> Iterator[bytes]:
             buf = pending + chunk if pending else chunk
             cut = len(buf) - incomplete_tail(buf) if remaining > 0 else len(buf)
             try:
-                buf[:cut].decode("utf-8")
+                if not buf.isascii():  # ASCII is valid UTF-8, and isascii() is far faster than decoding
+                    buf[:cut].decode("utf-8")
             except UnicodeDecodeError as e:
                 raise not_utf8_error(path, pos + e.start, buf[e.start:e.start + 1]) from None
             yield buf[:cut]

@@ -41,10 +41,21 @@ def bytes_to_printable(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
+@functools.lru_cache(maxsize=1)
+def _decode_table() -> dict[int, int | None]:
+    # printable character -> its byte (as a Latin-1 character); other Latin-1
+    # characters are deleted, so a changed length reveals them.
+    table: dict[int, int | None] = {c: None for c in range(256)}
+    table.update({ord(c): b for b, c in byte_to_unicode().items()})
+    return table
+
+
 def printable_to_bytes(text: str) -> bytes | None:
     """``"Ġthe"`` -> ``b" the"``; None when ``text`` has a character outside the 256-character alphabet."""
-    table = unicode_to_byte()
+    latin = text.translate(_decode_table())
+    if len(latin) != len(text):
+        return None
     try:
-        return bytes(table[c] for c in text)
-    except KeyError:
+        return latin.encode("latin-1")
+    except UnicodeEncodeError:
         return None

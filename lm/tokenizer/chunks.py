@@ -26,6 +26,7 @@ from pathlib import Path
 import regex
 
 from lm.errors import DataError
+from lm.tokenizer.pretokenize import straddled
 
 _SAFE_WHITESPACE = regex.compile(r"(?<=\S)\s(?=\S)")
 _SEARCH_WINDOWS = (1 << 16, 1 << 20, 1 << 23)  # bytes read around a target before giving the cut up
@@ -69,18 +70,6 @@ def read_text_chunk(path: str | os.PathLike, start: int, end: int) -> str:
         ) from None
 
 
-def _straddled(text: str, pos: int, special_tokens: Sequence[str]) -> bool:
-    """Whether an occurrence of a special token covers both ``text[pos-1]`` and ``text[pos]``."""
-    for tok in special_tokens:
-        lo = max(0, pos - len(tok) + 1)
-        i = text.find(tok, lo, pos + len(tok) - 1)
-        while i != -1 and i < pos:
-            if i + len(tok) > pos:
-                return True
-            i = text.find(tok, i + 1, pos + len(tok) - 1)
-    return False
-
-
 def _first_safe_cut(text: str, begin: int, special_tokens: Sequence[str]) -> int | None:
     """The first safe cut at or after ``begin`` in a decoded window, leaving room to check specials."""
     longest = max((len(t) for t in special_tokens), default=1)
@@ -89,13 +78,13 @@ def _first_safe_cut(text: str, begin: int, special_tokens: Sequence[str]) -> int
     for m in _SAFE_WHITESPACE.finditer(text, begin):
         if m.start() > limit:
             break
-        if not _straddled(text, m.start(), special_tokens):
+        if not straddled(text, m.start(), special_tokens):
             best = m.start()
             break
     for tok in special_tokens:
         i = text.find(tok, begin)
         while i != -1 and i <= limit and (best is None or i < best):
-            if not _straddled(text, i, special_tokens):
+            if not straddled(text, i, special_tokens):
                 best = i
                 break
             i = text.find(tok, i + 1)

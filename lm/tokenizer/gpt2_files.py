@@ -88,17 +88,15 @@ def read_vocab(path: str | os.PathLike, special_tokens: Collection[str] = ()) ->
     return vocab
 
 
-def read_merges(path: str | os.PathLike, known_tokens: Collection[bytes] | None = None) -> list[tuple[bytes, bytes]]:
-    """Merges from a GPT-2 merges.txt, in rank order.
-
-    With ``known_tokens`` (the vocabulary's token bytes), every merge's two
-    parts and its result must be known; a TokenizerError names the line otherwise.
-    """
+def read_merges_with_lines(path: str | os.PathLike) -> tuple[list[tuple[bytes, bytes]], list[int]]:
+    """Merges from a GPT-2 merges.txt in rank order, with the line number of each."""
     path = Path(path)
     text = _read_text(path, "merges file")
     merges: list[tuple[bytes, bytes]] = []
+    lines: list[int] = []
     for lineno, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
+        if line.endswith("\r"):
+            line = line[:-1]
         if not line or (lineno == 1 and line.startswith("#version")):
             continue
         parts = line.split(" ")
@@ -107,22 +105,21 @@ def read_merges(path: str | os.PathLike, known_tokens: Collection[bytes] | None 
                 f"merges file {path}, line {lineno}: {line!r} is not two tokens separated by one space "
                 "(expected lines like 'Ġ t')"
             )
-        pair = tuple(printable_to_bytes(p) for p in parts)
-        for part, raw in zip(parts, pair):
-            if raw is None:
-                raise TokenizerError(
-                    f"merges file {path}, line {lineno}: token {part!r} has characters outside GPT-2's "
-                    "byte-to-unicode alphabet"
-                )
-        if known_tokens is not None:
-            for part, raw in (*zip(parts, pair), ("".join(parts), pair[0] + pair[1])):
-                if raw not in known_tokens:
-                    raise TokenizerError(
-                        f"merges file {path}, line {lineno}: token {part!r} is not in the vocabulary; "
-                        "the merges file does not belong to this vocab.json"
-                    )
-        merges.append(pair)  # type: ignore[arg-type]
-    return merges
+        a, b = printable_to_bytes(parts[0]), printable_to_bytes(parts[1])
+        if a is None or b is None:
+            bad = parts[0] if a is None else parts[1]
+            raise TokenizerError(
+                f"merges file {path}, line {lineno}: token {bad!r} has characters outside GPT-2's "
+                "byte-to-unicode alphabet"
+            )
+        merges.append((a, b))
+        lines.append(lineno)
+    return merges, lines
+
+
+def read_merges(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
+    """Merges from a GPT-2 merges.txt, in rank order; TokenizerError naming the line of a malformed one."""
+    return read_merges_with_lines(path)[0]
 
 
 def _write_atomic(path: Path, text: str) -> None:

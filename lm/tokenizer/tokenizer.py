@@ -13,15 +13,18 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import chain, repeat
+import re
+from itertools import chain, compress, count, repeat
+from operator import not_
 from pathlib import Path
 
 from lm.errors import TokenizerError
+from lm.tokenizer.byte_unicode import bytes_to_printable
 from lm.tokenizer.gpt2_files import (
     MERGES_FILE,
     SPECIAL_TOKENS_FILE,
     VOCAB_FILE,
-    read_merges,
+    read_merges_with_lines,
     read_special_tokens,
     read_vocab,
     write_tokenizer_files,
@@ -30,7 +33,10 @@ from lm.tokenizer.pretokenize import (
     PRETOKEN_RE,
     normalize_special_tokens,
     special_splitter,
+    SPACE_GLUE,
+    space_fields,
     split_stream_buffer,
+    stream_cut,
 )
 
 _NO_MERGE = 1 << 62  # rank of a pair that is not a merge; above every real rank
@@ -38,6 +44,8 @@ _REPLACEMENT = "\ufffd".encode("utf-8")
 # encode_iterable gathers this many characters before encoding, so many short
 # lines cost one regex call and the carried-over tail stays small.
 _STREAM_BUFFER_CHARS = 1 << 16
+# A pre-token that starts a space field: a space then non-whitespace (stdlib \S = not str.isspace()).
+_FIELD_START = re.compile(r" \S")
 
 
 class _PieceCache(dict):
@@ -56,6 +64,18 @@ class _PieceCache(dict):
         return ids
 
 
+class _MergeNotInVocab(TokenizerError):
+    """A merge whose parts or result are missing from the vocabulary (``rank`` says which merge)."""
+
+    def __init__(self, rank: int, token: bytes):
+        self.rank = rank
+        self.token = token
+        super().__init__(
+            f"merge #{rank} uses or makes the token {token!r}, which is not in the vocabulary; "
+            "the merges do not belong to this vocab"
+        )
+
+
 class Tokenizer:
     """Byte-level BPE tokenizer from a vocabulary, merges and special tokens.
 
@@ -65,8 +85,8 @@ class Tokenizer:
     ids after the largest one; overlapping special tokens are matched longest first.
     """
 
-    CACHE_MAX_ENTRIES = 1 << 18
-    """Distinct pre-tokens remembered before the cache is cleared (a few tens of MB at most)."""
+    CACHE_MAX_ENTRIES = 1 << 17
+    """Distinct pre-tokens (and space fields) remembered before a cache is cleared: about 20 MB each at most."""
 
     def __init__(self, vocab: Mapping[int, bytes], merges: Iterable[tuple[bytes, bytes]],
                  special_tokens: Iterable[str] | None = None):
@@ -100,17 +120,16 @@ class Tokenizer:
         self._byte_ids = [self._token_to_id[bytes([b])] for b in range(256)]
         self._pair_rank: dict[tuple[int, int], int] = {}
         self._merge_result: list[int] = []
+        token_id = self._token_to_id.get
         for rank, (a, b) in enumerate(self._merges):
-            ids = [self._token_to_id.get(t) for t in (a, b, a + b)]
-            if None in ids:
-                raise TokenizerError(
-                    f"merge #{rank} ({a!r}, {b!r}) uses or makes a token that is not in the vocabulary; "
-                    "the merges do not belong to this vocab"
-                )
-            self._pair_rank.setdefault((ids[0], ids[1]), rank)
-            self._merge_result.append(ids[2])
+            ia, ib, im = token_id(a), token_id(b), token_id(a + b)
+            if ia is None or ib is None or im is None:
+                raise _MergeNotInVocab(rank, a if ia is None else b if ib is None else a + b)
+            self._pair_rank.setdefault((ia, ib), rank)
+            self._merge_result.append(im)
         self._splitter = special_splitter(self._special_tokens)
         self._cache = _PieceCache(self._bpe, self.CACHE_MAX_ENTRIES)
+        self._field_cache: dict[str, tuple[int, ...]] = {}
         self._fingerprint: str | None = None
 
     # ----- construction from and to files
@@ -121,8 +140,14 @@ class Tokenizer:
         """A tokenizer from GPT-2-format vocab.json and merges.txt files (CS336 ``from_files``)."""
         specials = normalize_special_tokens(special_tokens)
         vocab = read_vocab(vocab_filepath, specials)
-        merges = read_merges(merges_filepath, set(vocab.values()))
-        return cls(vocab, merges, specials)
+        merges, lines = read_merges_with_lines(merges_filepath)
+        try:
+            return cls(vocab, merges, specials)
+        except _MergeNotInVocab as e:
+            raise TokenizerError(
+                f"merges file {merges_filepath}, line {lines[e.rank]}: token {bytes_to_printable(e.token)!r} is not "
+                f"in {vocab_filepath}; the merges file does not belong to this vocabulary"
+            ) from None
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
@@ -178,14 +203,12 @@ class Tokenizer:
     def fingerprint(self) -> str:
         """A stable hex SHA-256 of the vocabulary, merges and special tokens (for token-file caches)."""
         if self._fingerprint is None:
-            h = hashlib.sha256(b"lm-bpe-v1\n")
-            for idx in sorted(self._vocab):
-                h.update(b"%d %s\n" % (idx, self._vocab[idx].hex().encode()))
-            h.update(b"merges\n")
-            for a, b in self._merges:
-                h.update(b"%s %s\n" % (a.hex().encode(), b.hex().encode()))
-            h.update(b"special\n" + json.dumps(self._special_tokens).encode("utf-8"))
-            self._fingerprint = h.hexdigest()
+            lines = [b"lm-bpe-v1"]
+            lines += [b"%d %s" % (idx, self._vocab[idx].hex().encode()) for idx in sorted(self._vocab)]
+            lines.append(b"merges")
+            lines += [b"%s %s" % (a.hex().encode(), b.hex().encode()) for a, b in self._merges]
+            lines.append(b"special " + json.dumps(self._special_tokens).encode("utf-8"))
+            self._fingerprint = hashlib.sha256(b"\n".join(lines)).hexdigest()
         return self._fingerprint
 
     def __repr__(self) -> str:
@@ -196,7 +219,14 @@ class Tokenizer:
 
     def _bpe(self, piece: str) -> tuple[int, ...]:
         """Apply the merges to one pre-token, lowest rank first (leftmost among equal ranks)."""
-        ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        try:
+            data = piece.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TokenizerError(
+                f"cannot encode {piece!r}: it holds a lone surrogate ({piece[e.start]!r}), which is not valid "
+                "Unicode text; decode the source with errors='replace' first"
+            ) from None
+        ids = [self._byte_ids[b] for b in data]
         if len(ids) < 2:
             return tuple(ids)
         get = self._pair_rank.get
@@ -217,20 +247,68 @@ class Tokenizer:
                 ranks[i] = get((ids[i], ids[i + 1]), _NO_MERGE)
         return tuple(ids)
 
-    def _encode_plain(self, text: str) -> list[int]:
+    def _encode_pieces(self, text: str) -> list[int]:
+        """Ids of a text without special tokens, pre-token by pre-token (the reference path)."""
         return list(chain.from_iterable(map(self._cache.__getitem__, PRETOKEN_RE.findall(text))))
+
+    def _fill_fields(self, fields: set[str]) -> None:
+        """Add the ids of new space fields to the field cache, with one regex call for all of them.
+
+        The fields are joined back with spaces: each join is a safe cut, so the
+        joined text pre-tokenizes field by field, and a pre-token that starts
+        with a space followed by non-whitespace starts a field (a space inside a
+        field is always followed by whitespace). Every step runs in C but BPE on
+        pre-tokens never seen before.
+        """
+        fields = list(fields)
+        cache = self._field_cache
+        if len(cache) + len(fields) > self.CACHE_MAX_ENTRIES:
+            cache.clear()
+        pieces = PRETOKEN_RE.findall((" " + " ".join(fields)).replace(SPACE_GLUE, " "))
+        piece_ids = list(map(self._cache.__getitem__, pieces))
+        starts = list(compress(count(), map(_FIELD_START.match, pieces)))
+        if len(starts) != len(fields):  # cannot happen if the cut rules hold; stay correct if they do not
+            for field in fields:
+                cache[field] = tuple(self._encode_pieces(" " + field.replace(SPACE_GLUE, " ")))
+            return
+        bounds = map(slice, starts, starts[1:] + [len(pieces)])
+        cache.update(zip(fields, map(tuple, map(chain.from_iterable, map(piece_ids.__getitem__, bounds)))))
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Ids of a text without special tokens.
+
+        The text is cut at safe spaces with str.split (C speed, see
+        :func:`space_fields`) and each field's ids are cached, so a word seen
+        before, with its leading space and punctuation, costs one dict lookup;
+        the regex runs only on new fields.
+        """
+        fields = space_fields(text)
+        if fields is None:
+            return self._encode_pieces(text)
+        first = fields[0]
+        out = self._encode_pieces(first.replace(SPACE_GLUE, " ")) if first else []
+        rest = fields[1:]
+        cache = self._field_cache
+        parts = list(map(cache.get, rest))
+        if not all(parts):  # a miss is None; hits are non-empty tuples
+            missing = set(compress(rest, map(not_, parts)))
+            if len(cache) + len(missing) > self.CACHE_MAX_ENTRIES:
+                missing = set(rest)  # the cache gets cleared: refill every field of this text
+            self._fill_fields(missing)
+            parts = list(map(cache.__getitem__, rest))
+        out.extend(chain.from_iterable(parts))
+        return out
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; occurrences of the special tokens become their ids."""
         if self._splitter is None:
-            return self._encode_plain(text)
+            return self._encode_ordinary(text)
         out: list[int] = []
-        lookup = self._cache.__getitem__
         for i, piece in enumerate(self._splitter.split(text)):
             if i & 1:
                 out.append(self._special_ids[piece])
             elif piece:
-                out.extend(chain.from_iterable(map(lookup, PRETOKEN_RE.findall(piece))))
+                out.extend(self._encode_ordinary(piece))
         return out
 
     def encode_chunks(self, iterable: Iterable[str]) -> Iterator[list[int]]:
@@ -249,13 +327,19 @@ class Tokenizer:
             size += len(piece)
             if size < _STREAM_BUFFER_CHARS:
                 continue
-            parts, tail = split_stream_buffer("".join(pending), self._splitter, self._special_tokens)
-            ids: list[int] = []
-            for is_special, value in parts:
-                if is_special:
-                    ids.append(self._special_ids[value])
-                else:
-                    ids.extend(chain.from_iterable(map(lookup, value)))
+            text = "".join(pending)
+            cut = stream_cut(text, self._special_tokens)
+            if cut:
+                ids = self.encode(text[:cut])
+                tail = text[cut:]
+            else:  # no safe space near the end (e.g. text without spaces): hold back the last pre-tokens
+                parts, tail = split_stream_buffer(text, self._splitter, self._special_tokens)
+                ids = []
+                for is_special, value in parts:
+                    if is_special:
+                        ids.append(self._special_ids[value])
+                    else:
+                        ids.extend(chain.from_iterable(map(lookup, value)))
             if ids:
                 yield ids
             pending = [tail]
@@ -268,6 +352,17 @@ class Tokenizer:
         """Lazily yield the ids of a stream of text (for example a file object's lines), in constant memory."""
         for ids in self.encode_chunks(iterable):
             yield from ids
+
+    def encode_file(self, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                    workers: int | None = None, progress=None):
+        """Encode a UTF-8 corpus into a token file + JSON sidecar; returns its TokenFileInfo.
+
+        See :func:`lm.tokenizer.token_file.encode_file` (parallel over ``workers``
+        processes, ``progress(bytes_read, total_bytes)``).
+        """
+        from lm.tokenizer.token_file import encode_file
+
+        return encode_file(self, input_path, output_path, workers=workers, progress=progress)
 
     # ----- decoding
 

@@ -20,6 +20,9 @@ from lm.runs import (EVENTS_FILE, METRICS_FILE, STATUS_FILE, JsonLinesWriter, Ru
 
 Progress = Callable[[str, dict], None]
 
+STATUS_INTERVAL = 1.0
+"""Seconds between status.json rewrites at train log steps (state changes are written at once)."""
+
 
 class RunRecorder:
     """Writes metrics.jsonl, events.jsonl and status.json of one run directory."""
@@ -38,6 +41,7 @@ class RunRecorder:
             "best_val_loss": previous.get("best_val_loss"), "best_val_bpb": previous.get("best_val_bpb"),
             "last_val_loss": previous.get("last_val_loss"), "exit_code": None, "message": "",
         }
+        self._status_written = 0.0
         self._metrics: JsonLinesWriter | None = None
         self._events = JsonLinesWriter(self.run_dir / EVENTS_FILE)
 
@@ -66,10 +70,19 @@ class RunRecorder:
             self.progress(event, rec)
         return rec
 
-    def update_status(self, **fields) -> None:
-        """Merge ``fields`` into status.json and rewrite it atomically."""
+    def update_status(self, *, throttle: bool = False, **fields) -> None:
+        """Merge ``fields`` into status.json and rewrite it atomically.
+
+        With ``throttle`` (train log steps) the file is rewritten at most once
+        every ``STATUS_INTERVAL`` seconds: a rename costs a millisecond or more
+        on a busy journaling filesystem, too much to pay every few steps.
+        """
         self.status.update(fields)
-        self.status["updated"] = time.time()
+        now = time.time()
+        self.status["updated"] = now
+        if throttle and now - self._status_written < STATUS_INTERVAL:
+            return
+        self._status_written = now
         atomic_write_json(self.run_dir / STATUS_FILE, self.status)
 
     def finish(self, state: str, exit_code: int, message: str = "", **fields) -> None:

@@ -361,7 +361,7 @@ class Trainer:
                   "grad_norm": stats.mean_grad_norm(), "tokens_per_s": round(tokens_per_s, 1),
                   "mfu": mfu, "mfu_estimated": estimated, "peak_mem": peak_memory(self.policy.device)}
         self.recorder.metric(record)
-        self.recorder.update_status(step=st.step, tokens=st.tokens)
+        self.recorder.update_status(step=st.step, tokens=st.tokens, throttle=True)
 
     def _evaluate(self) -> bool:
         """Evaluate, record it, and say whether it is the best validation loss so far."""

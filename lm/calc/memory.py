@@ -1,0 +1,146 @@
+"""Peak memory of a training step, phase by phase, against the device's capacity.
+
+The step modelled is lab's trainer (``lm.train.trainer``): ``zero_grad(set_to_none)``,
+forward under autocast, ``F.cross_entropy`` on fp32 logits, backward, gradient
+clipping, ``lm.optim.AdamW``. Persistent state is fp32 weights (4 bytes per
+parameter, also under bf16 autocast, which only makes bf16 *copies* for the
+matmuls), fp32 gradients (4) and two fp32 AdamW moments (8): 16 bytes per
+parameter. On top of that, at each moment of the step, whatever activations
+autograd still holds plus short-lived tensors. The peak is the largest of:
+
+* forward: everything saved, plus the loss's fp32 upcast of the logits;
+* loss backward: saved tensors plus the gradient of log_softmax and of the logits;
+* each block's backward: the blocks not yet done, the gradients already made,
+  the block's own activations (recomputed if checkpointed) and its temporaries;
+* optimizer step: gradients, moments, and AdamW's per-tensor temporary.
+
+``peak`` is what ``torch.cuda.max_memory_allocated`` measures; ``total`` adds
+the allocator's slack and the CUDA context, which the device must also hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lm.calc.activations import Activations
+from lm.calc.params import ParamCount
+from lm.calc.settings import Settings
+from lm.config.schema import ModelConfig
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of each part of a training step's memory, and the peak."""
+
+    params: float
+    buffers: float
+    grads: float
+    optimizer: float
+    weight_copies: float
+    activations: float
+    loss: float
+    peak: float
+    peak_phase: str
+    fragmentation: float
+    overhead: float
+    capacity: float
+    phases: dict[str, float] = field(default_factory=dict)
+    activations_per_layer: float = 0.0
+
+    @property
+    def persistent(self) -> float:
+        """Weights, buffers, gradients and optimizer state (16 bytes per parameter plus buffers)."""
+        return self.params + self.buffers + self.grads + self.optimizer
+
+    @property
+    def total(self) -> float:
+        """What the device must hold: allocated peak + allocator slack + framework overhead."""
+        return self.peak + self.fragmentation + self.overhead
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+    @property
+    def headroom(self) -> float:
+        """Capacity minus total (negative: over by that much)."""
+        return self.capacity - self.total
+
+    def to_dict(self) -> dict:
+        return {"params": self.params, "buffers": self.buffers, "grads": self.grads, "optimizer": self.optimizer,
+                "weight_copies": self.weight_copies, "activations": self.activations, "loss": self.loss,
+                "activations_per_layer": self.activations_per_layer, "persistent": self.persistent,
+                "peak": self.peak, "peak_phase": self.peak_phase, "fragmentation": self.fragmentation,
+                "overhead": self.overhead, "total": self.total, "capacity": self.capacity, "fits": self.fits,
+                "headroom": self.headroom, "phases": dict(self.phases)}
+
+
+def layer_backward_temporaries(cfg: ModelConfig, batch: int, T: int, autocast: bool, naive_scores: bool) -> float:
+    """Short-lived gradients alive while one block runs backward.
+
+    The residual stream's incoming and outgoing gradients (fp32), and about
+    three hidden-sized gradients in the FFN, or three score-sized ones in the
+    naive attention's softmax backward, whichever is larger.
+    """
+    N = batch * T
+    a = 2 if autocast else 4
+    hidden = 3 * N * cfg.ffn_dim * a
+    scores = 3 * batch * cfg.num_heads * T * T * 4 if naive_scores else 0
+    return 2 * N * cfg.d_model * 4 + max(hidden, scores)
+
+
+def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Activations, *,
+                    capacity: float, overhead: float, fragmentation: float, naive_scores: bool) -> MemoryEstimate:
+    """Walk the phases of a (steady-state) training step and return the peak."""
+    P = params.total
+    L = cfg.num_layers
+    N = s.tokens
+    V = cfg.vocab_size
+    autocast = s.dtype == "bf16"
+    weights = 4.0 * P
+    buffers = 4.0 * params.rope_buffer_elements
+    grads = 4.0 * P
+    adam = 8.0 * P
+    static = weights + buffers + adam
+    accumulating = s.grad_accum > 1  # from the second micro-batch on, all gradients already exist
+    g_acc = grads if accumulating else 0.0
+
+    head_acts = sum(act.head.values())
+    loss_acts = sum(act.loss.values())
+    logits_var = act.loss["logits"]
+    cp_layer = act.detail.get("weight_copies_per_layer", 0.0)
+    cp_head = act.detail.get("lm_head_copy", 0.0)
+    kept = act.per_layer_kept
+    full = act.per_layer
+    # Without checkpointing the copies are saved by the matmuls; with it only the LM head's copy is
+    # saved (the blocks' copies die with autocast's cache when the forward's autocast region ends).
+    layer_copies_kept = 0.0 if s.activation_checkpointing else L * cp_layer
+
+    phases: dict[str, float] = {}
+    model_fwd_end = static + g_acc + L * kept + head_acts + L * cp_layer + cp_head + logits_var
+    after_fwd = static + g_acc + L * kept + head_acts + layer_copies_kept + cp_head
+    upcast = 4.0 * N * V if autocast else 0.0  # logits.float() lives while log_softmax writes its output
+    phases["forward"] = max(model_fwd_end, after_fwd + loss_acts + upcast)
+    phases["loss backward"] = after_fwd + loss_acts + 8.0 * N * V  # grads of log_softmax and of the logits
+
+    # Gradients of the head (LM head and final norm) exist once the head has run backward.
+    head_params = (0 if cfg.tie_embeddings else V * cfg.d_model) + (cfg.d_model if cfg.norm != "none" else 0)
+    per_layer_params = (params.attention + params.ffn) / L + (2 * cfg.d_model if cfg.norm != "none" else 0)
+    temps = layer_backward_temporaries(cfg, s.batch_size, s.context_length, autocast, naive_scores)
+    worst_layer, worst_i = 0.0, L
+    for i in range(L, 0, -1):  # block i runs backward; blocks 1..i-1 still hold their activations
+        made = g_acc if accumulating else 4.0 * (head_params + (L - i + 1) * per_layer_params)
+        copies = (cp_layer if s.activation_checkpointing else i * cp_layer)
+        alive = (static + made + act.head.get("embedding.indices", 0.0) + (i - 1) * kept + full + copies
+                 + logits_var + temps)
+        if alive > worst_layer:
+            worst_layer, worst_i = alive, i
+    phases[f"backward (block {worst_i})"] = worst_layer
+    # AdamW's v.sqrt() is a temporary the size of the tensor being updated; the largest one counts.
+    phases["optimizer step"] = static + grads + logits_var + 4.0 * params.largest_tensor
+
+    phase, peak = max(phases.items(), key=lambda kv: kv[1])
+    return MemoryEstimate(params=weights, buffers=buffers, grads=grads, optimizer=adam,
+                          weight_copies=act.weight_copies, activations=act.model, loss=loss_acts,
+                          peak=peak, peak_phase=phase, fragmentation=fragmentation * peak, overhead=overhead,
+                          capacity=capacity, phases=phases, activations_per_layer=full)
