@@ -39,7 +39,8 @@ def test_is_prose_rejects_code_tables_and_other_text(text):
 
 
 def test_prose_paragraphs_reflows_and_filters():
-    doc = "Return the value of the thing,\n    wrapped over two lines.\n\n    x = f(y)[0]\n\nAnother line here for the test."
+    doc = ("Return the value of the thing,\n    wrapped over two lines.\n\n    x = f(y)[0]\n\n"
+           "Another line here for the test.")
     assert prose_paragraphs(doc) == ["Return the value of the thing, wrapped over two lines.",
                                      "Another line here for the test."]
 
@@ -146,8 +147,8 @@ def test_corpus_is_cached_per_python_and_extractor_version(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_full_builtin_corpus_is_several_megabytes_of_english(tmp_path):
-    path = builtin.builtin_corpus_path(tmp_path)
+def test_full_builtin_corpus_is_several_megabytes_of_english():
+    path = builtin.builtin_corpus_path()  # the session's cache: other slow tests reuse the extraction
     data = path.read_bytes()
     text = data.decode("utf-8")
     assert len(data) >= 3_000_000, f"built-in corpus is only {len(data):,} bytes"

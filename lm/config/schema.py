@@ -134,13 +134,16 @@ class DataConfig:
     """Where the text comes from (the ``[data]`` section)."""
 
     source: str = "builtin"
-    """A text file, a directory of .txt files, a named dataset (tinystories, owt, tinyshakespeare) or 'builtin'."""
+    """A text file, a directory (its *.txt files, sorted, joined with the first special token),
+    a named dataset (tinystories, owt, tinyshakespeare; fetch with `lab data get`) or 'builtin'."""
     val_source: str = ""
-    """A separate validation text (same forms as source); empty holds out the end of source instead."""
+    """A separate validation text (same forms as source); empty uses a named dataset's own
+    validation file, else holds out the last val_fraction of source."""
     val_fraction: float = 0.1
     """Fraction of the corpus, taken from its end, used for validation when val_source is empty."""
     max_bytes: int = 0
-    """Use at most this many bytes of the corpus (0 = all of it); handy for quick runs on big datasets."""
+    """Use at most the first N bytes of the corpus (0 = all); a separate validation text is
+    then capped at max_bytes * val_fraction."""
     cache_dir: str = ""
     """Where token files are cached; empty means $LAB_CACHE_DIR or ~/.cache/lab."""
 

@@ -118,12 +118,14 @@ def prepare_data(cfg: ExperimentConfig, *, tokenizer=None, run_dir: str | os.Pat
                            f"({cfg.model.vocab_size}); the model must have an embedding for every token"])
     cache = cache_root(data_cfg.cache_dir)
     remove_stale_temporaries(cache)
-    separator = tok_cfg.special_tokens[0] if tok_cfg.special_tokens else "\n\n"
+    if tokenizer is None and tok_cfg.path:
+        tokenizer = _load_tokenizer(tok_cfg.path)
+    # Documents are joined and split at the first special token of the tokenizer that will encode them.
+    specials = list(tokenizer.special_tokens) if tokenizer is not None else list(tok_cfg.special_tokens)
+    separator = specials[0] if specials else "\n\n"
     plan = _TextPlan(cfg, separator, cache, progress)
     try:
         trained = False
-        if tokenizer is None and tok_cfg.path:
-            tokenizer = _load_tokenizer(tok_cfg.path)
         if tokenizer is None:
             tokenizer, trained = _cached_or_trained_tokenizer(cfg, plan, cache, progress)
         token_key = _hash({"text": plan.key, "tokenizer": tokenizer.fingerprint()})
@@ -196,7 +198,8 @@ class _TextPlan:
             train_range, val_range = (train, 0, end), (val, 0, val_end)
         else:
             val_size = round(end * self.val_fraction)
-            cut_end, cut_start = split_point(JoinedText(train.paths, train.separator, limit=end), end - val_size, slack=val_size // 2)
+            used = JoinedText(train.paths, train.separator, limit=end)
+            cut_end, cut_start = split_point(used, end - val_size, slack=val_size // 2)
             train_range, val_range = (train, 0, cut_end), (train, cut_start, end)
         label = self.train_source.label
         for name, (text, lo, hi) in (("training", train_range), ("validation", val_range)):
@@ -242,7 +245,7 @@ def _cached_or_trained_tokenizer(cfg: ExperimentConfig, plan: _TextPlan, cache: 
     key = _hash({"text": plan.key, "vocab_size": tok_cfg.vocab_size,
                  "special_tokens": list(tok_cfg.special_tokens), "train_bytes": tok_cfg.train_bytes})
     directory = cache / "tokenizers" / key
-    if (directory / "vocab.json").is_file():
+    if _tokenizer_complete(directory):
         return Tokenizer.from_dir(directory), False
     text = plan.tokenizer_training_text(tok_cfg.train_bytes)
     size = text.stat().st_size
@@ -262,7 +265,7 @@ def _cached_or_trained_tokenizer(cfg: ExperimentConfig, plan: _TextPlan, cache: 
     tmp = directory.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save(tmp)
-    _publish(tmp, directory)
+    _publish(tmp, directory, _tokenizer_complete)
     return tokenizer, True
 
 
@@ -288,13 +291,19 @@ def _encode(plan: _TextPlan, tokenizer, entry: Path, progress: Progress | None) 
         "train_bytes": int(infos["train"].num_bytes), "val_bytes": int(infos["val"].num_bytes),
     }
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    _publish(tmp, entry)
+    _publish(tmp, entry, lambda d: _read_meta(d) is not None)
     return _read_meta(entry) or meta
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place; if another process got there first, keep theirs."""
+def _publish(tmp: Path, final: Path, is_complete: Callable[[Path], bool]) -> None:
+    """Move a finished directory into place; if another process got there first, keep theirs.
+
+    Directories appear only complete (by rename), so an existing one that is
+    not complete was damaged (a file deleted by hand): it is replaced.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not is_complete(final):
+        shutil.rmtree(final, ignore_errors=True)
     try:
         os.replace(tmp, final)
     except OSError:
@@ -322,6 +331,10 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _tokenizer_complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in ("vocab.json", "merges.txt"))
+
+
 def _read_meta(entry: Path) -> dict | None:
     """The meta of a complete cache entry, or None (missing, interrupted or from an older version)."""
     try:
@@ -330,7 +343,8 @@ def _read_meta(entry: Path) -> dict | None:
         return None
     if meta.get("version") != PREPARE_VERSION:
         return None
-    if not ((entry / TRAIN_FILE).is_file() and (entry / VAL_FILE).is_file()):
+    needed = (TRAIN_FILE, VAL_FILE, TRAIN_FILE + ".json", VAL_FILE + ".json")  # token files and their sidecars
+    if not all((entry / name).is_file() for name in needed):
         return None
     return meta
 
