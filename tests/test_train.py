@@ -69,6 +69,13 @@ def test_a_run_writes_the_contracted_records_and_learns(tmp_path):
                              "mfu", "mfu_estimated", "peak_mem"}
     assert train[0]["tokens"] == 4 * 4 * 16 and train[-1]["tokens"] == 24 * 4 * 16
     assert math.isclose(train[0]["ppl"], math.exp(train[0]["loss"]), rel_tol=1e-9)
+    from lm.calc import peak_flops, training_flops_per_token
+
+    peak, estimated = peak_flops("cpu", "fp32")
+    for r in train:  # MFU = achieved model FLOP/s over the device's peak, from the calculator's figures
+        expected = r["tokens_per_s"] * training_flops_per_token(tiny_cfg().model) / peak
+        assert r["mfu"] == pytest.approx(expected, rel=1e-3) and r["mfu_estimated"] is estimated
+        assert r["peak_mem"] > 0
     assert [r["step"] for r in evals] == [8, 16, 24]
     assert set(evals[0]) == {"type", "step", "tokens", "time", "val_loss", "val_ppl", "val_bpb"}
     # bits per byte from the val set's bytes/token ratio (2 bytes per token here).
@@ -103,11 +110,11 @@ def test_stop_request_checkpoints_and_resume_is_bitwise_identical(tmp_path):
 
     interrupted = make(cfg, tmp_path / "split")
 
-    def stop_at_10(kind, rec):
+    def stop_at_12(kind, rec):
         if kind == "train" and rec["step"] == 12:
             interrupted.stop.request("test")
 
-    interrupted.progress = stop_at_10
+    interrupted.progress = stop_at_12
     interrupted.recorder = None
     assert interrupted.run() == 5
     rd = RunDir(tmp_path / "split")
@@ -243,3 +250,14 @@ def test_too_little_data_is_a_data_error(tmp_path):
     t = Trainer(tiny_cfg(), tmp_path, train_tokens=TRAIN, val_tokens=VAL[:10], policy=CPU)
     with pytest.raises(DataError, match="validation data has 10 tokens"):
         t.setup()
+
+
+def test_a_stop_requested_before_the_first_step_still_leaves_a_resumable_run(tmp_path):
+    from lm.train.signals import StopRequest
+
+    stop = StopRequest()
+    stop.request("test")
+    assert make(tiny_cfg(), tmp_path, stop=stop).run() == 5
+    rd = RunDir(tmp_path)
+    assert rd.status().state == "stopped" and torch_load(rd.checkpoint("latest"))["iteration"] == 0
+    assert make(tiny_cfg(steps=4), tmp_path).run(resume_from=rd.checkpoint("latest")) == 0

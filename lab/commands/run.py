@@ -44,6 +44,8 @@ def run(args) -> int:
     if not args.resume and not args.experiment:
         raise ConfigError(["give an experiment file (e.g. lab run experiments/quickstart.toml) or --resume RUN_DIR"])
     cfg = load_experiment(args.experiment, args.overrides) if args.experiment else None
+    if cfg is not None and not args.run_dir:
+        _hint_resumable(cfg)
 
     from lm.train.experiment import run_experiment
 
@@ -57,6 +59,20 @@ def run(args) -> int:
         display.close()
     display.print_summary(code, summary)
     return code
+
+
+def _hint_resumable(cfg) -> None:
+    """Starting afresh while an interrupted run of the same experiment could continue: say how."""
+    from lm.runs import list_runs
+
+    for r in list_runs(cfg.runs_dir):  # newest first
+        if not r.name.startswith(f"{cfg.name}-"):
+            continue
+        if r.state in ("stopped", "failed") and (r.path / "checkpoints" / "latest.pt").is_file() \
+                and r.step < r.total_steps:
+            print(f"note: {r.path} was {r.state} at step {r.step}/{r.total_steps}; `lab run --resume {r.path}` "
+                  "continues it. Starting a new run.", flush=True)
+        return
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -91,6 +107,10 @@ class _Display:
         return (time.perf_counter() - self.t0) / done * (self.total - step)
 
     def __call__(self, kind: str, rec: dict) -> None:
+        if kind == "event":
+            kind = rec["event"]
+            if kind == "eval":  # the eval metrics record already printed the numbers
+                return
         if kind == "run_dir":
             self.run_dir = rec["run_dir"]
             self.line(f"run dir: {self.run_dir}" + (" (continuing from its checkpoint)" if rec["resume"] else ""))

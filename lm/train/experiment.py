@@ -37,8 +37,10 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
     - ``run_dir``: where to write; continued if it has a checkpoint. Default:
       a new ``<runs_dir>/<name>-<timestamp>``.
     - ``device`` beats ``training.device``.
-    - ``progress(kind, record)`` receives every metrics record and event, and
-      ``("prepare", {"stage", "done", "total"})`` while the data is prepared.
+    - ``progress(kind, record)`` receives ``("run_dir", {"run_dir", "resume"})``
+      first, ``("prepare", {"stage", "done", "total"})`` while the data is
+      prepared, then every metrics record (kind ``"train"``/``"eval"``) and
+      event (kind ``"event"``, ``record["event"]`` says which).
     - ``summary`` (a dict) is filled with the run's final numbers.
 
     Bad input raises a LabError (after recording it in status.json when a run
@@ -61,6 +63,7 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
 
     policy = resolve_policy(cfg.training)  # a missing device is a config error before any directory exists
     run_path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    _refuse_if_in_use(run_path)
     run_path.mkdir(parents=True, exist_ok=True)
     latest = run_path / CHECKPOINT_DIR / "latest.pt"
     resume_from = latest if latest.is_file() else None
@@ -86,16 +89,19 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
         cfg = _fit_vocab(cfg, data.tokenizer)
         from lm.train.trainer import Trainer
 
-        trainer = Trainer(cfg, run_path, train_tokens=data.train_tokens, val_tokens=data.val_tokens,
-                          val_bytes=data.val_bytes, tokenizer=data.tokenizer, policy=policy,
-                          progress=progress, recorder=recorder)
-        try:
-            trainer.setup(resume_from)
-        except LabError as e:
-            recorder.event("error", 0, 0.0, str(e))
-            recorder.finish("failed", 2, str(e))
-            raise
-        code = trainer.run()
+        # From here a signal means "stop at the next step boundary" (setup included: a big model
+        # takes a while to build, and a SIGTERM then still ends in a checkpoint and exit 5).
+        with StopRequest() as stop:
+            trainer = Trainer(cfg, run_path, train_tokens=data.train_tokens, val_tokens=data.val_tokens,
+                              val_bytes=data.val_bytes, tokenizer=data.tokenizer, policy=policy,
+                              progress=progress, recorder=recorder, stop=stop)
+            try:
+                trainer.setup(resume_from)
+            except LabError as e:
+                recorder.event("error", 0, 0.0, str(e))
+                recorder.finish("failed", 2, str(e))
+                raise
+            code = trainer.run()
         if summary is not None:
             summary.update(trainer.summary)
         return code
@@ -111,6 +117,14 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
         raise
     finally:
         recorder.close()
+
+
+def _refuse_if_in_use(run_path: Path) -> None:
+    """Two processes writing one run directory would corrupt it: refuse while another one lives."""
+    st = RunDir(run_path).status()  # 'running' with a dead pid already reads as 'stopped'
+    if st.state == "running" and st.pid and int(st.pid) != os.getpid() and st.host == socket.gethostname():
+        raise LabError(f"{run_path} is in use: training process {st.pid} is still running there. Stop it first "
+                       f"(Ctrl-C in its terminal, or kill -TERM {st.pid}); it checkpoints and exits.")
 
 
 def _raise_stop(signal_name: str) -> None:

@@ -18,6 +18,7 @@ same code runs on a Mac.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 from dataclasses import dataclass
@@ -43,9 +44,14 @@ class DevicePolicy:
         return torch.bfloat16 if self.dtype == "bf16" else None
 
     def autocast(self):
-        """The autocast context for forward passes (a no-op context in fp32)."""
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                              enabled=self.dtype == "bf16")
+        """The autocast context for forward passes (a no-op context in fp32).
+
+        fp32 gets a null context rather than a disabled autocast: older torch
+        builds reject ``torch.autocast(device_type="mps")`` even when disabled.
+        """
+        if self.dtype != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
 
 def mps_available() -> bool:

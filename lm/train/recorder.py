@@ -3,14 +3,16 @@
 ``metrics.jsonl`` and ``events.jsonl`` get one JSON object per line, flushed
 per line; ``status.json`` is rewritten atomically. Record formats are those
 of ``docs/run-directory.md``. Everything written also goes to an optional
-``progress(kind, record)`` callback, which is how ``lab run`` draws its live
-line without reading the files back.
+``progress(kind, record)`` callback (kind ``"train"``, ``"eval"`` or
+``"event"``), which is how ``lab run`` draws its live line without reading
+the files back. A failing callback is reported once and never stops training.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,17 +60,24 @@ class RunRecorder:
     def metric(self, record: dict) -> None:
         """Append a train or eval record (it carries its own ``type``)."""
         self._metrics_writer().write(record)
-        if self.progress is not None:
-            self.progress(record["type"], record)
+        self._notify(record["type"], record)
 
     def event(self, event: str, step: int, time_s: float, message: str = "", **extra) -> dict:
         """Append an event record: start, resume, eval, checkpoint, halt, stop, finish, error."""
         rec = {"type": "event", "event": event, "step": int(step), "time": round(float(time_s), 3),
                "wall": time.time(), "message": message, **extra}
         self._events.write(rec)
-        if self.progress is not None:
-            self.progress(event, rec)
+        self._notify("event", rec)
         return rec
+
+    def _notify(self, kind: str, record: dict) -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress(kind, record)
+        except Exception as e:  # a display bug must not cost the run
+            print(f"lab: progress display failed ({type(e).__name__}: {e}); training continues", file=sys.stderr)
+            self.progress = None
 
     def update_status(self, *, throttle: bool = False, **fields) -> None:
         """Merge ``fields`` into status.json and rewrite it atomically.

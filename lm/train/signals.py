@@ -21,6 +21,7 @@ class StopRequest:
         self.on_signal = None
         """Optional callable(signal name) run after the flag is set; it may raise to leave at once."""
         self._previous: dict[int, object] = {}
+        self._depth = 0
 
     @property
     def requested(self) -> bool:
@@ -40,12 +41,16 @@ class StopRequest:
             self.on_signal(name)
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
+        # Re-entrant: run_experiment holds it around setup and the Trainer again around training.
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous.clear()

@@ -118,6 +118,7 @@ class Trainer:
         self.summary: dict = {}
         self._ready = False
         self._resumed_from: Path | None = None
+        self._exact_resume = False
 
     # ------------------------------------------------------------------ setup
 
@@ -161,7 +162,8 @@ class Trainer:
         self.train_model = torch.compile(self.model) if policy.compile else self.model
         self.model.train()
         if rng_state is not None:
-            self._rng_missing = restore_rng(rng_state, policy.device)  # last: nothing above may draw after it
+            missing = restore_rng(rng_state, policy.device)  # last: nothing above may draw after it
+            self._exact_resume = self._exact_resume and not missing
         self._ready = True
 
     def _restore(self, path: Path) -> dict | None:
@@ -169,9 +171,13 @@ class Trainer:
         try:
             check_state_dict(self.model, ckpt["model"])
         except CheckpointError as e:
+            # One line per layer would bury the point: show the first few differences.
+            head, _, detail = str(e).rstrip(".").partition(": ")
+            parts = detail.split("; ")
+            shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
             raise CheckpointError(
                 f"cannot resume from {path}: it was written for a different model than this config describes "
-                f"({e}) Resume with the run's own config.toml, or start a new run directory.") from None
+                f"({shown}). Resume with the run's own config.toml, or start a new run directory.") from None
         self.model.load_state_dict(ckpt["model"])
         if "optimizer" in ckpt:
             try:
@@ -260,11 +266,15 @@ class Trainer:
             dropped = rec.drop_metrics_after(st.step)
             rel = _rel(self._resumed_from, self.run_dir)
             note = "" if self._exact_resume else " (the checkpoint has no RNG/sampler state: not bit-exact)"
-            rec.update_status(state="running", step=st.step, tokens=st.tokens, total_steps=total)
+            rec.update_status(state="running", step=st.step, tokens=st.tokens, total_steps=total, message="",
+                              best_val_loss=st.best_val_loss, best_val_bpb=st.best_val_bpb,
+                              last_val_loss=st.last_val_loss)
             rec.event("resume", st.step, st.time, f"resumed from {rel} at step {st.step}{note}", path=rel,
                       dropped_records=dropped)
         else:
-            rec.update_status(state="running", step=0, tokens=0, total_steps=total, message="")
+            rec.drop_metrics_after(0)  # a directory reused after an attempt that never checkpointed
+            rec.update_status(state="running", step=0, tokens=0, total_steps=total, message="",
+                              best_val_loss=None, best_val_bpb=None, last_val_loss=None)
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
                       f"{self.policy.device_name} ({self.policy.dtype}{', compiled' if self.policy.compile else ''})",
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
@@ -275,8 +285,9 @@ class Trainer:
         window = StepWindow(cfg.training.log_every, self.policy.device)
         self._win_t0, self._win_paused = time.perf_counter(), 0.0
         while st.step < total:
-            if self.stop.requested:  # asked before the first step of this session
-                return self._boundary(window, stopping=True)
+            if self.stop.requested:  # asked before this session's first step: nothing new to check or log
+                self._save(step_file=False, best=False)
+                return self._stopped()
             self._step(window)
             code = self._boundary(window, stopping=self.stop.requested)
             if code is not None:
@@ -340,14 +351,19 @@ class Trainer:
         else:
             self._win_paused += time.perf_counter() - synced
         if stopping:
-            msg = f"stopped by {self.stop.signal_name} at step {step} of {total}; resume with: lab run --resume {self.run_dir}"
-            self.recorder.event("stop", step, self._now(), msg)
-            self._summarize()
-            self.recorder.finish("stopped", 5, msg, step=step, tokens=st.tokens)
-            return 5
+            return self._stopped()
         if time_up and not last:
             return self._finish(f"reached training.max_time = {cfg.training.max_time:g} s at step {step} of {total}")
         return None
+
+    def _stopped(self) -> int:
+        st = self.state
+        msg = (f"stopped by {self.stop.signal_name} at step {st.step} of {self.cfg.training.steps}; "
+               f"resume with: lab run --resume {self.run_dir}")
+        self.recorder.event("stop", st.step, self._now(), msg)
+        self._summarize()
+        self.recorder.finish("stopped", 5, msg, step=st.step, tokens=st.tokens)
+        return 5
 
     def _log_train(self, stats: WindowStats, synced: float) -> None:
         cfg, st = self.cfg, self.state
@@ -452,9 +468,11 @@ def _rel(path: Path, root: Path) -> str:
 
 def _mfu_inputs(model_cfg, policy: DevicePolicy) -> tuple[float | None, float | None, bool]:
     """(training FLOPs per token, peak FLOP/s, peak is an estimate) from the calculator."""
+    from lm.calc import peak_flops, training_flops_per_token
+
     try:
-        from lm.calc import peak_flops, training_flops_per_token
-    except ImportError:  # the calculator is optional at run time; MFU is then left out
+        peak, estimated = peak_flops(policy.device_name, policy.dtype)
+    except LabError as e:  # e.g. a malformed ~/.config/lab/devices.toml: train anyway, without MFU
+        print(f"lab: MFU left out: {e}", file=sys.stderr)
         return None, None, True
-    peak, estimated = peak_flops(policy.device_name, policy.dtype)
     return float(training_flops_per_token(model_cfg)), float(peak), bool(estimated)
