@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-_PASS_THROUGH = ("View", "Permute", "Transpose", "Unsqueeze", "Expand", "ToCopy", "Alias", "T", "Reshape",
-                 "Squeeze", "Unsafe")
+# Backward nodes of ops that only reshape or cast: a weight seen through them is still that weight.
+_PASS_THROUGH = {"ViewBackward", "PermuteBackward", "TransposeBackward", "TBackward", "UnsqueezeBackward",
+                 "ExpandBackward", "ToCopyBackward", "AliasBackward", "ReshapeAliasBackward", "SqueezeBackward",
+                 "UnsafeViewBackward"}
 
 
 @dataclass
@@ -40,7 +42,7 @@ def _derives_from_parameter(t: torch.Tensor) -> bool:
         name = type(fn).__name__
         if name == "AccumulateGrad":
             return True
-        if not any(name.startswith(p) for p in _PASS_THROUGH):
+        if name.rstrip("0123456789") not in _PASS_THROUGH:
             return False
         nxt = [n for n, _ in fn.next_functions if n is not None]
         if len(nxt) != 1:

@@ -24,11 +24,12 @@ KINDS = ("cuda", "mps", "cpu")
 PEAK_DTYPES = ("fp32", "tf32", "bf16")
 FALLBACK_CUDA = "generic-gpu"
 FALLBACK_OTHER = "cpu"
+GIB = 2**30  # memory sizes are binary (an "80 GB" H100 has 80 GiB); bandwidths are decimal GB/s
 
-_FIGURE_KEYS = ("memory_gb", "usable_memory_gb", "overhead_gb", "fragmentation", "bandwidth_gbs",
+_FIGURE_KEYS = ("memory_gib", "usable_memory_gib", "overhead_gib", "fragmentation", "bandwidth_gbs",
                 "launch_overhead_us")
-_REQUIRED_FIGURES = ("memory_gb", "bandwidth_gbs")
-_FIGURE_DEFAULTS = {"overhead_gb": 0.5, "fragmentation": 0.05, "launch_overhead_us": 10.0}
+_REQUIRED_FIGURES = ("memory_gib", "bandwidth_gbs")
+_FIGURE_DEFAULTS = {"overhead_gib": 0.5, "fragmentation": 0.05, "launch_overhead_us": 10.0}
 _BOOL_KEYS = {"bf16_autocast": False, "compile": False, "flash_attention": False}
 _ENTRY_KEYS = {"title", "kind", "match", "aliases", "based_on", "peak_tflops", *_FIGURE_KEYS, *_BOOL_KEYS}
 
@@ -75,11 +76,11 @@ class DeviceProfile:
     key: str
     title: str
     kind: str
-    memory_gb: Figure
+    memory_gib: Figure
     bandwidth_gbs: Figure
     peak_tflops: dict[str, Figure]
-    usable_memory_gb: Figure | None = None
-    overhead_gb: Figure = Figure(estimate=0.5)
+    usable_memory_gib: Figure | None = None
+    overhead_gib: Figure = Figure(estimate=0.5)
     fragmentation: Figure = Figure(estimate=0.05)
     launch_overhead_us: Figure = Figure(estimate=10.0)
     bf16_autocast: bool = False
@@ -91,12 +92,17 @@ class DeviceProfile:
 
     @property
     def memory_bytes(self) -> float:
-        return self.memory_gb.value * 1e9
+        return self.memory_gib.value * GIB
 
     @property
     def usable_bytes(self) -> float:
         """Bytes one process may allocate, before framework overhead."""
-        return (self.usable_memory_gb or self.memory_gb).value * 1e9
+        return (self.usable_memory_gib or self.memory_gib).value * GIB
+
+    @property
+    def overhead_bytes(self) -> float:
+        """Memory the framework uses outside the allocator (CUDA context, library handles)."""
+        return self.overhead_gib.value * GIB
 
     @property
     def bandwidth(self) -> float:

@@ -111,6 +111,30 @@ def count_flops(cfg: ModelConfig, batch: int = 1, context_length: int | None = N
     return FlopCount(batch, T, comps)
 
 
+def flop_counter_expectation(cfg: ModelConfig, batch: int, context_length: int, device_kind: str,
+                             training_dropout: bool = False) -> float:
+    """Forward + backward FLOPs that ``torch.utils.flop_counter.FlopCounterMode`` will report.
+
+    It counts every mm/bmm densely (so the naive path's total is exactly 3 x the dense forward).
+    For sdpa on CUDA it counts the fused kernel densely forward and its backward as 5 matmuls
+    (2.5 x forward: the scores are recomputed); on CPU and MPS it does not see the fused sdpa
+    kernel at all (nor the math fallback used with dropout, which it sees as plain bmm).
+    """
+    from lm.calc.activations import sdpa_path
+
+    f = count_flops(cfg, batch, context_length)
+    core = sum(f.components[n].forward for n in ("attn_scores", "attn_values"))
+    rest = f.forward_matmul - core
+    if cfg.attention == "naive":
+        return 3.0 * f.forward_matmul
+    path = sdpa_path(cfg, device_kind, training_dropout)
+    if path == "math":
+        return 3.0 * f.forward_matmul
+    if device_kind == "cuda":
+        return 3.0 * rest + 3.5 * core
+    return 3.0 * rest
+
+
 def training_flops_per_token(model_cfg: ModelConfig) -> float:
     """Forward + backward matmul FLOPs per token at the model's context length, attention included.
 

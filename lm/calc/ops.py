@@ -23,6 +23,10 @@ from lm.config.schema import ModelConfig
 
 MATMUL_OPS = ("qkv", "attn_scores", "attn_values", "out_proj", "ffn", "lm_head")
 FLASH_BLOCK = 128  # query/key tile of fused attention kernels: they skip tiles above the diagonal
+# An einx call (parse-cached, but still Python: expression lookup, shape checks, the generated function)
+# costs the host about as much as this many plain eager op launches (measured on CPU: ~25 us vs ~3 us,
+# less the op itself).
+EINX_CALL = 6
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,15 @@ class Op:
     bytes: float
     """Forward memory traffic per occurrence."""
     kernels: float
-    """Eager kernel launches per occurrence, forward."""
+    """Kernel launches of the forward per occurrence."""
     per_layer: bool = False
     """Part of a transformer block (recomputed under activation checkpointing)."""
     backward_flops: float = 2.0
     """Backward FLOPs as a multiple of forward."""
+    backward_kernels: float = 0.0
+    """Kernel launches of the backward per occurrence (issued by autograd's C++ engine)."""
+    einx_calls: float = 0.0
+    """einx calls per occurrence: host time on top of the launches (gone when compiled)."""
 
     @property
     def is_matmul(self) -> bool:
@@ -82,9 +90,11 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
     ops: list[Op] = []
 
     def add(name, group, kind, count, flops, bytes_, kernels, *, causal=None, exec_=None, per_layer=False,
-            backward=2.0):
+            backward=2.0, einx_calls=0):
+        # Backward: about two kernels per forward kernel (a matmul's input and weight gradients).
         ops.append(Op(name, group, kind, count, float(flops), float(flops if causal is None else causal),
-                      float(flops if exec_ is None else exec_), float(bytes_), float(kernels), per_layer, backward))
+                      float(flops if exec_ is None else exec_), float(bytes_), float(kernels), per_layer, backward,
+                      2.0 * kernels, float(einx_calls)))
 
     # --- embedding: a gather of N rows of d fp32 values
     add("embedding", "embeddings", "elementwise", 1, 0, N * d * 4 * 2 + N * 8, 1)
@@ -96,7 +106,8 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
 
     if has_norm:
         rmsnorm("ln1")
-    add("qkv", "attention", "matmul", L, 2 * N * d * 3 * d, a * (N * d + 3 * d * d + 3 * N * d), 1, per_layer=True)
+    add("qkv", "attention", "matmul", L, 2 * N * d * 3 * d, a * (N * d + 3 * d * d + 3 * N * d), 1, per_layer=True,
+        einx_calls=2)  # the projection and the split into heads
     if cfg.position == "rope":
         # q and k: four half-width multiplies, a sub and an add, then a stack: 9 passes each.
         add("rope", "attention", "elementwise", L, 2 * 3 * N * d, 2 * 9 * N * d * a, 19, per_layer=True)
@@ -113,7 +124,7 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
         copies = 1  # the (B, H, T, d_head) -> (B, T, d) rearrange of the output
     else:
         add("attn_scores", "attention", "matmul", L, dense_qk, a * (2 * N * d + S), 1,
-            causal=causal_qk, per_layer=True)
+            causal=causal_qk, per_layer=True, einx_calls=1)
         # scale, mask, max, subtract, exp, sum, divide (+ a cast of the probabilities under autocast)
         sm_bytes = (2 * a + 2 * a + a + 2 * a + (a + x) + x + 2 * x + ((x + a) if x != a else 0)) * S
         sm_kernels = 10 + (1 if x != a else 0)
@@ -123,16 +134,19 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
         add("attn_softmax", "attention", "elementwise", L, 5 * S, sm_bytes, sm_kernels,
             causal=5 * S_causal, per_layer=True)
         add("attn_values", "attention", "matmul", L, dense_qk, a * (S + 2 * N * d), 1,
-            causal=causal_qk, per_layer=True)
+            causal=causal_qk, per_layer=True, einx_calls=1)
         # einsum copies v (a strided view of the fused output) and, without RoPE, q and k too.
         copies = 1 + 1 + (2 if cfg.position == "nope" else 0)
-    add("attn_copies", "attention", "elementwise", L, 0, copies * 2 * N * d * a, copies, per_layer=True)
-    add("out_proj", "attention", "matmul", L, 2 * N * d * d, a * (2 * N * d + d * d), 1, per_layer=True)
+    add("attn_copies", "attention", "elementwise", L, 0, copies * 2 * N * d * a, copies, per_layer=True,
+        einx_calls=1)  # the merge of the heads
+    add("out_proj", "attention", "matmul", L, 2 * N * d * d, a * (2 * N * d + d * d), 1, per_layer=True,
+        einx_calls=1)
     if has_norm:
         rmsnorm("ln2")
     ffn_mats = 3 if swiglu else 2
     ffn_bytes = a * ((ffn_mats - 1) * (N * d + d * f + N * f) + (N * f + f * d + N * d))
-    add("ffn", "ffn", "matmul", L, ffn_mats * 2 * N * d * f, ffn_bytes, ffn_mats, per_layer=True)
+    add("ffn", "ffn", "matmul", L, ffn_mats * 2 * N * d * f, ffn_bytes, ffn_mats, per_layer=True,
+        einx_calls=ffn_mats)
     # SiLU = x * sigmoid(x) (+ the gate multiply for SwiGLU)
     add("ffn_act", "ffn", "elementwise", L, (6 if swiglu else 5) * N * f, (8 if swiglu else 5) * N * f * a,
         3 if swiglu else 2, per_layer=True)
@@ -152,7 +166,7 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
     # --- head
     if has_norm:
         add("ln_final", "norms", "elementwise", 1, 4 * N * d, 7 * N * d * R, 6)
-    add("lm_head", "lm_head", "matmul", 1, 2 * N * d * V, a * (N * d + V * d + N * V), 1)
+    add("lm_head", "lm_head", "matmul", 1, 2 * N * d * V, a * (N * d + V * d + N * V), 1, einx_calls=1)
     if autocast:
         add("head_casts", "other", "elementwise", 1, 0, 6 * (V * d + N * d), 2)
     # F.cross_entropy(logits.float()): the upcast (under autocast), log_softmax (2 reads, 1 write), nll.
@@ -161,19 +175,42 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
     return ops
 
 
-def optimizer_ops(num_params: int, num_tensors: int, *, grad_clip: bool) -> list[Op]:
-    """lm.optim.AdamW (a loop over tensors, 8 in-place kernels each) and lm.optim.clip_grad_norm."""
-    # m.mul_ 8, m.add_ 12, v.mul_ 8, v.addcmul_ 12, p.mul_ 8, v.sqrt 8, .add_ 8, p.addcdiv_ 16 bytes/param.
+def _multi_tensor_launches(num_params: int, num_tensors: int, lists: int) -> float:
+    """Kernel launches of one ``torch._foreach_*`` op on CUDA (multi_tensor_apply).
+
+    Each launch takes at most 320 chunks of 65536 elements and a few dozen tensors
+    (fewer the more tensor lists the op reads: 110, 64, 48, 36 for 1-4 lists).
+    """
+    max_tensors = {1: 110, 2: 64, 3: 48, 4: 36}[lists]
+    return float(max(math.ceil(num_tensors / max_tensors), math.ceil(num_params / (320 * 65536)), 1))
+
+
+def optimizer_ops(num_params: int, num_tensors: int, *, grad_clip: bool, multi_tensor: bool = True,
+                  groups: int = 2) -> list[Op]:
+    """lm.optim.AdamW and lm.optim.clip_grad_norm, both built on ``torch._foreach_*`` ops.
+
+    AdamW per parameter: lerp_ m (12 bytes), mul_ v (8), addcmul_ v (12), mul_ p (8, weight
+    decay), sqrt(v) into a temporary (8), add_ eps (8), addcdiv_ p (16): 72 bytes. Clipping:
+    _foreach_norm reads the gradients (4), _foreach_mul_ scales them (8). ``multi_tensor``:
+    CUDA's fused multi-tensor kernels; elsewhere the foreach ops loop over tensors.
+    ``groups``: parameter groups (decayed matrices, undecayed vectors), each its own launches.
+    """
+    adam_lists = (2, 1, 3, 1, 2, 1, 3)  # tensor lists each of the seven foreach ops touches
+    if multi_tensor:
+        adam_kernels = groups * sum(_multi_tensor_launches(num_params, num_tensors, n) for n in adam_lists)
+        clip_kernels = sum(_multi_tensor_launches(num_params, num_tensors, n) for n in (1, 1)) + 6
+    else:
+        adam_kernels = len(adam_lists) * num_tensors
+        clip_kernels = 2 * num_tensors + 6
     ops = [Op("adamw", "optimizer", "elementwise", 1, 12 * num_params, 12 * num_params, 12 * num_params,
-              80 * num_params, 8 * num_tensors, backward=0)]
+              72 * num_params, adam_kernels, backward_flops=0)]
     if grad_clip:
-        # _foreach_norm reads every gradient, then each gradient is scaled in place.
         ops.append(Op("grad_clip", "optimizer", "elementwise", 1, 3 * num_params, 3 * num_params,
-                      3 * num_params, 12 * num_params, num_tensors + 8, backward=0))
+                      3 * num_params, 12 * num_params, clip_kernels, backward_flops=0))
     return ops
 
 
 def grad_accumulate_op(num_params: int, num_tensors: int) -> Op:
     """Adding a micro-batch's gradients into .grad (every micro-batch after the first)."""
     return Op("grad_accumulate", "optimizer", "elementwise", 1, num_params, num_params, num_params,
-              12 * num_params, num_tensors, backward=0)
+              12 * num_params, num_tensors, backward_flops=0)

@@ -24,11 +24,13 @@ class ParamCount:
     rope_buffer_elements: int
     """cos/sin tables (fp32, one pair per layer): memory, but not parameters."""
     num_tensors: int
-    """Parameter tensors (the optimizer's per-tensor loop launches kernels per tensor)."""
+    """Parameter tensors (foreach ops launch per tensor off CUDA, per few dozen on it)."""
     largest_tensor: int
-    """Elements of the largest parameter tensor (sizes AdamW's per-tensor temporary)."""
+    """Elements of the largest parameter tensor."""
     matmul_weights: int
     """Parameters that pass through a matmul (cast to bf16 under autocast): all but embeddings-only and norms."""
+    matrix_params: int = 0
+    """Parameters in 2-D tensors (the weight-decayed group: everything but the norm gains)."""
 
     @property
     def total(self) -> int:
@@ -65,4 +67,5 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     largest = max(V * d, 3 * d * d, d * f)
     return ParamCount(embeddings=embeddings, attention=attention, ffn=ffn, norms=norms, lm_head=lm_head,
                       rope_buffer_elements=rope, num_tensors=num_tensors, largest_tensor=largest,
-                      matmul_weights=attention + ffn + V * d)
+                      matmul_weights=attention + ffn + V * d,
+                      matrix_params=embeddings + attention + ffn + lm_head)

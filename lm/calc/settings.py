@@ -86,6 +86,8 @@ class Efficiency:
     """Fraction of datasheet memory bandwidth that elementwise kernels reach."""
     launch_overhead_us: float | None = None
     """Host cost per eager kernel launch, microseconds; None uses the device profile's figure."""
+    backward_launch: float = 0.5
+    """Host cost of a backward launch relative to a forward one (autograd's C++ engine issues them, no Python)."""
     compile_bytes: float = 0.5
     """With torch.compile, elementwise memory traffic is multiplied by this (fusion keeps values in registers)."""
     compile_kernels: float = 0.3
@@ -101,7 +103,7 @@ class Efficiency:
                 continue
             if f.name in ("matmul", "attention", "bandwidth", "compile_bytes", "compile_kernels") and not 0 < v <= 1:
                 out.append(f"efficiency.{f.name} must be in (0, 1], got {v}")
-            elif f.name in ("launch_overhead_us",) and v < 0:
+            elif f.name in ("launch_overhead_us", "backward_launch") and v < 0:
                 out.append(f"efficiency.{f.name} must be >= 0, got {v}")
             elif f.name == "flash_backward" and v <= 0:
                 out.append(f"efficiency.{f.name} must be positive, got {v}")
