@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,14 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from lm.errors import LabError
+from lm.inference import eos_token_id, token_byte_table
 
-EOS_TEXT = "<|endoftext|>"
 FINISH_REASONS = ("eos", "stop", "length")
 # When prompt + output outgrow the context, keep this fraction of it (the most recent tokens).
 OVERFLOW_KEEP = 0.75
 # Prefill lengths are rounded up to a power of two (at least this) so a chat's
 # varying prompt lengths reuse a few traced shapes instead of tracing each one.
 MIN_PREFILL_BUCKET = 8
+# With a CUDA graph, prompts up to this many tokens are read by replaying the one-token step.
+GRAPH_PREFILL_MAX = 32
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -145,6 +148,96 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     return race(probs, noise)
 
 
+# ----------------------------------------------------------------------------- fused one-token step
+
+def fused_step_problem(model: torch.nn.Module) -> str | None:
+    """Why :class:`FusedStep` cannot stand in for ``model``'s forward (None if it can)."""
+    from lm import model as M
+
+    if type(model) is not M.TransformerLM:
+        return f"{type(model).__name__} is not lm.model.TransformerLM"
+    unknown = {f.name for f in dataclasses.fields(model.cfg)} - FUSED_STEP_KNOWS
+    if unknown:
+        return f"model settings {sorted(unknown)} are unknown to the fused step"
+    for layer in model.layers:
+        parts = [(layer, M.TransformerBlock), (layer.attn, M.CausalSelfAttention)]
+        parts += [(layer.ffn, M.SwiGLU if model.cfg.ffn == "swiglu" else M.SiLUMLP)]
+        parts += [(getattr(layer, n, None), M.RMSNorm) for n in ("ln1", "ln2") if model.cfg.norm != "none"]
+        if any(type(m) is not cls for m, cls in parts):
+            return "the model's layers are not the ones the fused step was written for"
+    return None
+
+
+FUSED_STEP_KNOWS = {"vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta",
+                    "norm", "position", "ffn", "tie_embeddings", "attn_dropout", "resid_dropout", "attention",
+                    "rmsnorm_eps"}
+
+
+class FusedStep:
+    """``model(token, position, caches)`` for one token, in about a third of the kernels.
+
+    At batch 1 a decode step's GPU time is mostly kernel count (each costs a few
+    microseconds; reading all the weights ~0.1 ms), and TransformerLM.forward
+    spends ~50 small kernels per layer. Here: one fused RMSNorm, RoPE as
+    x*cos + swap(x)*sin on Q and K together with the tables and the mask built
+    once per step, residual adds folded into the output matmuls, no einx. The
+    same function of the same weights (the tests compare it with model.forward
+    for every ablation switch); attention is torch's SDPA for both kernels.
+    """
+
+    def __init__(self, model: torch.nn.Module, caches):
+        cfg = self.cfg = model.cfg
+        self.caches = caches
+        self.emb, self.head = model.token_embeddings.weight, model.lm_head.weight
+        dtype, dev = self.head.dtype, self.head.device
+        self.final = model.ln_final.weight if cfg.norm != "none" else None
+        norms = cfg.norm != "none"
+        self.layers = [(b.ln1.weight if norms else None, b.attn.qkv_proj.weight, b.attn.output_proj.weight,
+                        b.ln2.weight if norms else None, b.ffn.w1.weight, b.ffn.w2.weight,
+                        b.ffn.w3.weight if cfg.ffn == "swiglu" else None) for b in model.layers]
+        self.k_pos = torch.arange(cfg.context_length, device=dev).view(1, -1)
+        self.zero = torch.zeros((), dtype=dtype, device=dev)
+        self.ninf = torch.full((), float("-inf"), dtype=dtype, device=dev)
+        if cfg.position == "rope":  # pairs (x0, x1) -> (x0 c - x1 s, x1 c + x0 s) = x * cos2 + swap(x) * sin2
+            rope = model.layers[0].attn.rope
+            self.cos2 = rope.cos.repeat_interleave(2, -1).to(dtype)
+            self.sin2 = torch.stack((-rope.sin, rope.sin), -1).flatten(-2).to(dtype)
+
+    def _norm(self, x, w):
+        return F.rms_norm(x, (x.shape[-1],), w, self.cfg.rmsnorm_eps)
+
+    def __call__(self, token_in: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Logits (V,) of the token in ``token_in`` (1, 1) at ``position`` (1,); writes its K/V."""
+        c = self.cfg
+        H, dh, d = c.num_heads, c.d_head, c.d_model
+        pre, post = c.norm == "pre", c.norm == "post"
+        x = self.emb.index_select(0, token_in.view(1))  # (1, d)
+        mask = torch.where(self.k_pos <= position, self.zero, self.ninf)  # (1, context) additive
+        if c.position == "rope":
+            cos, sin = self.cos2.index_select(0, position), self.sin2.index_select(0, position)  # (1, dh)
+        for (ln1, wqkv, wo, ln2, w1, w2, w3), cache in zip(self.layers, self.caches):
+            qkv = F.linear(self._norm(x, ln1) if pre else x, wqkv)  # (1, 3d): q | k | v, heads major
+            qk = qkv[:, :2 * d].view(2 * H, dh)
+            if c.position == "rope":
+                qk = torch.addcmul(qk * cos, qk.view(2 * H, dh // 2, 2).flip(-1).view(2 * H, dh), sin)
+            cache.k.index_copy_(2, position, qk[H:].view(1, H, 1, dh))
+            cache.v.index_copy_(2, position, qkv[:, 2 * d:].view(1, H, 1, dh))
+            att = F.scaled_dot_product_attention(qk[:H].view(1, H, 1, dh), cache.k, cache.v, attn_mask=mask)
+            x = torch.addmm(x, att.reshape(1, d), wo.t())
+            if post:
+                x = self._norm(x, ln1)
+            h = self._norm(x, ln2) if pre else x
+            g = F.silu(F.linear(h, w1))
+            if w3 is not None:
+                g = g.mul_(F.linear(h, w3))
+            x = torch.addmm(x, g, w2.t())
+            if post:
+                x = self._norm(x, ln2)
+        if self.final is not None:
+            x = self._norm(x, self.final)
+        return F.linear(x, self.head)[0]
+
+
 # ----------------------------------------------------------------------------- decoder
 
 @dataclass(frozen=True)
@@ -175,7 +268,8 @@ class Decoder:
     Puts the model in eval mode.
     """
 
-    def __init__(self, model: torch.nn.Module, *, cuda_graphs: bool | None = None, chunk: int | None = None):
+    def __init__(self, model: torch.nn.Module, *, cuda_graphs: bool | None = None, fused: bool | None = None,
+                 chunk: int | None = None):
         model.eval()
         self.model = model
         self.cfg = model.cfg
@@ -193,7 +287,10 @@ class Decoder:
         self.top_p = torch.ones((), dtype=torch.float32, device=dev)
         self.out_tokens = torch.zeros(C, dtype=torch.long, device=dev)
         self.out_probs = torch.zeros(C, dtype=torch.float32, device=dev)
-        self.generator = torch.Generator(device=dev)
+        try:
+            self.generator = torch.Generator(device=dev)
+        except RuntimeError:  # a backend without its own generators: draw on the CPU and copy
+            self.generator = torch.Generator()
         self.use_graphs = cuda if cuda_graphs is None else bool(cuda_graphs) and cuda
         # Tokens per host read, and reads in flight: on CUDA the GPU runs ahead while the host streams.
         self.chunk = chunk or (8 if cuda else 4 if dev.type == "mps" else 1)
@@ -201,6 +298,9 @@ class Decoder:
         if cuda:
             self._host_tokens = torch.zeros(C, dtype=torch.long).pin_memory()
             self._host_probs = torch.zeros(C, dtype=torch.float32).pin_memory()
+        # The one-token forward: FusedStep unless asked not to or the model is not one it knows.
+        self.fused_problem = fused_step_problem(model) if fused is not False else "not asked for"
+        self._fused = FusedStep(model, self.caches) if self.fused_problem is None else None
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._pool = None
         self._notices: list[Notice] = []
@@ -234,7 +334,10 @@ class Decoder:
     def _step(self, mode: tuple[bool, int, bool]) -> None:
         """One token: forward at ``position``, sample, write results; static shapes, no host sync."""
         greedy, top_k, nucleus = mode
-        logits = self.model(self.token_in, self.position, self.caches)[0, -1].float()
+        if self._fused is not None:
+            logits = self._fused(self.token_in, self.position).float()
+        else:
+            logits = self.model(self.token_in, self.position, self.caches)[0, -1].float()
         self.logits.copy_(logits)
         if greedy:
             token = logits.argmax(-1, keepdim=True)
@@ -282,7 +385,10 @@ class Decoder:
         """Queue ``count`` steps."""
         for _ in range(count):
             if not mode[0]:
-                self.noise.exponential_(generator=self.generator)
+                if self.generator.device == self.device:
+                    self.noise.exponential_(generator=self.generator)
+                else:
+                    self.noise.copy_(torch.empty(self.noise.shape).exponential_(generator=self.generator))
             graph = self._graph_for(mode) if self.use_graphs else None
             if graph is not None:
                 graph.replay()
@@ -305,11 +411,27 @@ class Decoder:
 
     # -- generation
 
-    def _sync_cache(self) -> None:
-        """Prefill what the cache lacks (all history but its last token); point the step at the last."""
+    def _sync_cache(self, mode: tuple[bool, int, bool]) -> None:
+        """Prefill what the cache lacks (all history but its last token); point the step at the last.
+
+        With a CUDA graph, a short prefill replays the one-token step per token
+        instead: no new shape to trace and no eager launches, which is faster
+        below a few dozen tokens (the step's own samples are simply overwritten).
+        """
         last = len(self.history) - 1
-        if last > self.cached:
-            self.forward_tokens(self.history[self.cached:last], self.cached)
+        todo = self.history[self.cached:last]
+        graph = None
+        if self.use_graphs and 0 < len(todo) <= GRAPH_PREFILL_MAX:
+            # A valid slot first: a capture warms up by running the step where position points.
+            self.position.fill_(self.cached)
+            self.token_in.fill_(todo[0])
+            graph = self._graph_for(mode)
+        if graph is not None:
+            for token in todo:
+                self.token_in.fill_(token)
+                graph.replay()
+        elif todo:
+            self.forward_tokens(todo, self.cached)
         self.cached = last
         self.token_in.fill_(self.history[-1])
         self.position.fill_(last)
@@ -356,7 +478,7 @@ class Decoder:
             if len(self.history) > self.context_length:
                 yield self._overflow()
             with torch.inference_mode():
-                self._sync_cache()
+                self._sync_cache(mode)
             first = len(self.history) - 1
             limit = min(self.context_length, first + params.max_new_tokens - produced)
             for token, prob in self._pipeline(mode, first, limit):
@@ -419,29 +541,6 @@ class TextStream:
         return text[:len(text) - hold]
 
 
-def token_byte_table(tokenizer, size: int) -> list[bytes]:
-    """Bytes of every token id below ``size`` (ids the tokenizer lacks decode to nothing)."""
-    vocab = getattr(tokenizer, "vocab", None)
-    if isinstance(vocab, dict) and vocab and all(isinstance(v, bytes) for v in vocab.values()):
-        return [vocab.get(i, b"") for i in range(size)]
-    if hasattr(tokenizer, "decode_bytes"):
-        n = getattr(tokenizer, "vocab_size", size)
-        return [tokenizer.decode_bytes([i]) if i < n else b"" for i in range(size)]
-    n = getattr(tokenizer, "vocab_size", size)
-    return [tokenizer.decode([i]).encode("utf-8") if i < n else b"" for i in range(size)]
-
-
-def eos_token_id(tokenizer) -> int | None:
-    """Id of ``<|endoftext|>`` in ``tokenizer``, or None if it has no such token."""
-    try:
-        if hasattr(tokenizer, "special_token_id"):
-            return int(tokenizer.special_token_id(EOS_TEXT))
-        ids = tokenizer.encode(EOS_TEXT)
-    except Exception:  # not a special token of this tokenizer: there is no EOS
-        return None
-    return ids[0] if len(ids) == 1 else None
-
-
 @dataclass(frozen=True)
 class StreamItem:
     """One step of a text stream.
@@ -489,8 +588,9 @@ class GenerationResult:
 class Generator:
     """A model and its tokenizer: prompts in, streamed text out, with a running conversation."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, cuda_graphs: bool | None = None):
-        self.decoder = Decoder(model, cuda_graphs=cuda_graphs)
+    def __init__(self, model: torch.nn.Module, tokenizer, *, cuda_graphs: bool | None = None,
+                 fused: bool | None = None):
+        self.decoder = Decoder(model, cuda_graphs=cuda_graphs, fused=fused)
         self.tokenizer = tokenizer
         self.token_bytes = token_byte_table(tokenizer, model.cfg.vocab_size)
         self.eos_id = eos_token_id(tokenizer)

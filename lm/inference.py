@@ -4,7 +4,8 @@ A run directory (docs/run-directory.md) holds ``checkpoints/{best,latest}.pt``
 (dicts ``{"format": "lm-checkpoint/1", "model": CS336 state dict, "config":
 resolved experiment as a dict, ...}``) and ``tokenizer/``. :func:`load_run`
 turns them into an eval-mode model on the chosen device (bf16 on CUDA), the
-tokenizer and the experiment dict.
+tokenizer and the experiment dict. :func:`token_byte_table` and
+:func:`eos_token_id` read what streaming text needs from a tokenizer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lm.config.schema import ModelConfig
 from lm.errors import CheckpointError, LabError
 
 CHECKPOINT_FORMAT = "lm-checkpoint/1"
+EOS_TEXT = "<|endoftext|>"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
@@ -184,3 +186,26 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
     """
     loaded = open_run(run_dir, checkpoint, device, dtype)
     return loaded.model, loaded.tokenizer, loaded.config
+
+
+def token_byte_table(tokenizer, size: int) -> list[bytes]:
+    """Bytes of every token id below ``size`` (ids the tokenizer lacks decode to nothing)."""
+    vocab = getattr(tokenizer, "vocab", None)
+    if isinstance(vocab, dict) and vocab and all(isinstance(v, bytes) for v in vocab.values()):
+        return [vocab.get(i, b"") for i in range(size)]
+    if hasattr(tokenizer, "decode_bytes"):
+        n = getattr(tokenizer, "vocab_size", size)
+        return [tokenizer.decode_bytes([i]) if i < n else b"" for i in range(size)]
+    n = getattr(tokenizer, "vocab_size", size)
+    return [tokenizer.decode([i]).encode("utf-8") if i < n else b"" for i in range(size)]
+
+
+def eos_token_id(tokenizer) -> int | None:
+    """Id of ``<|endoftext|>`` in ``tokenizer``, or None if it has no such token."""
+    try:
+        if hasattr(tokenizer, "special_token_id"):
+            return int(tokenizer.special_token_id(EOS_TEXT))
+        ids = tokenizer.encode(EOS_TEXT)
+    except Exception:  # not a special token of this tokenizer: there is no EOS
+        return None
+    return ids[0] if len(ids) == 1 else None

@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import reference_lm
 from lm.errors import LabError
 from lm.generate import (OVERFLOW_KEEP, Decoded, Decoder, Notice, SamplingParams, nucleus_mask, sample,
                          sampling_probs)
@@ -58,32 +59,39 @@ def test_prefill_and_single_tokens_match_full_forward(name):
             p += n
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-step", "model-forward-step"])
 @pytest.mark.parametrize("name", ABLATIONS)
-def test_decode_step_logits_match_full_forward_at_every_step(name):
+def test_decode_step_logits_match_full_forward_at_every_step(name, fused):
     cfg = dataclasses.replace(BASE, **ABLATIONS[name])
     model = random_model(cfg, seed=2)
-    dec = Decoder(model)
+    dec = Decoder(model, fused=fused)
+    assert (dec.fused_problem is None) == fused
     prompt = [3, 1, 4, 1, 5]
-    steps = 0
-    for ev in dec.tokens(prompt, dataclasses.replace(GREEDY, max_new_tokens=cfg.context_length - len(prompt))):
+    n = cfg.context_length - len(prompt)
+    steps = []
+    for ev in dec.tokens(prompt, dataclasses.replace(GREEDY, max_new_tokens=n)):
         assert isinstance(ev, Decoded)
-        context = dec.history[:-1]  # what the step that produced ev.token_id saw
-        ref = _full_logits(model, context)[-1]
-        torch.testing.assert_close(dec.logits, ref, **TOL)
+        steps.append((ev, dec.logits.clone()))  # the logits of the step that produced ev
+    assert len(steps) == n
+    # Causal: one forward over the final text gives, at each position, what that step saw.
+    full = _full_logits(model, dec.history[:-1])
+    for i, (ev, logits) in enumerate(steps):
+        ref = full[len(prompt) - 1 + i]
+        torch.testing.assert_close(logits, ref, **TOL)
         assert ev.token_id == int(ref.argmax())
         assert ev.prob == pytest.approx(float(torch.softmax(ref, -1)[ev.token_id]), rel=1e-4)
-        steps += 1
-    assert steps == cfg.context_length - len(prompt)
 
 
 def _reference_greedy_with_overflow(model, prompt, n, ctx):
-    """Slow and plain: a full forward per token; when the text outgrows the context keep its tail."""
+    """Slow and plain: a full forward of the second implementation (tests/reference_lm.py) per
+    token; when the text outgrows the context keep its tail."""
     keep = int(ctx * OVERFLOW_KEEP)
+    sd = model.state_dict()
     hist, out, overflows = list(prompt), [], 0
     while len(out) < n:
         if len(hist) > ctx:
             hist, overflows = hist[-keep:], overflows + 1
-        tok = int(_full_logits(model, hist)[-1].argmax())
+        tok = int(reference_lm.forward(sd, model.cfg, torch.tensor(hist))[-1].argmax())
         hist.append(tok)
         out.append(tok)
     return out, overflows
@@ -188,6 +196,9 @@ def test_nucleus_is_the_smallest_set_reaching_p(weights, p):
     probs = [Fraction(w, total) for w in weights]
     probs[0] += 1 - sum(probs)  # make them sum to 1, still dyadic
     kept = _kept([float(x) for x in probs], p)
+    if p == 1.0:
+        assert kept == set(range(len(probs)))  # p = 1 keeps everything, zero-probability tokens too
+        return
     mass = sum(probs[i] for i in kept)
     threshold = min(probs[i] for i in kept)
     assert all((probs[i] >= threshold) == (i in kept) for i in range(len(probs)))  # a top set, ties together

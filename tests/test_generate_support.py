@@ -49,7 +49,7 @@ def _trained_state() -> dict:
     data = torch.tensor(pattern_stream(40))
     T = PATTERN_CFG.context_length
     g = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(200):
         starts = torch.randint(0, len(data) - T - 1, (8,), generator=g).tolist()
         x = torch.stack([data[s:s + T] for s in starts])
         y = torch.stack([data[s + 1:s + 1 + T] for s in starts])

@@ -54,10 +54,10 @@ def _history_file() -> Path:
 class Chat:
     """The loop's state: the generator, the settings and where text goes."""
 
-    def __init__(self, generator, params, out=sys.stdout, err=sys.stderr, interactive: bool = False):
+    def __init__(self, generator, params, out=None, interactive: bool = False):
         self.gen = generator
         self.params = params
-        self.out, self.err = out, err
+        self.out = out or sys.stdout
         self.interactive = interactive
 
     def say(self, text: str) -> None:
@@ -117,12 +117,9 @@ class Chat:
         stream = self.gen.stream(text, self.params, continue_history=True)
         try:
             for item in stream:
-                if item.text:
+                if item.text:  # notices (context overflow) come in the stats line after the reply
                     self.out.write(item.text)
                     self.out.flush()
-                if item.event in ("overflow", "notice"):
-                    self.out.write("\n")
-                    self.say(f"[{item.message}]")
         except KeyboardInterrupt:
             self.out.write("\n")
             self.say("[stopped]")

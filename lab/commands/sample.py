@@ -50,11 +50,12 @@ def sampling_params(args):
                           max_new_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop)).validate()
 
 
-def load_generator(args, log=sys.stderr):
+def load_generator(args, log=None):
     """Load the run named on the command line; returns (Generator, LoadedRun) and says what was loaded."""
     from lm.generate import Generator
     from lm.inference import open_run
 
+    log = log or sys.stderr
     t0 = time.perf_counter()
     loaded = open_run(args.run_dir, args.checkpoint, args.device, args.dtype)
     gen = Generator(loaded.model, loaded.tokenizer, cuda_graphs=False if args.no_cuda_graphs else None)
@@ -67,9 +68,14 @@ def load_generator(args, log=sys.stderr):
 
 
 def stats_line(result) -> str:
-    """'[42 tokens, 310.5 tokens/s, finished: eos]'."""
+    """'[42 tokens, 310.5 tokens/s, first after 12 ms, finished: eos]', plus what happened on the way
+    (a context overflow is said here rather than in the middle of the text)."""
+    notes = ""
+    for msg in dict.fromkeys(result.messages):
+        count = result.messages.count(msg)
+        notes += f"; {msg}" + (f" ({count} times)" if count > 1 else "")
     return (f"[{result.new_tokens} tokens, {result.tokens_per_s:.1f} tokens/s, "
-            f"first after {result.first_token_seconds * 1000:.0f} ms, finished: {result.finish_reason}]")
+            f"first after {result.first_token_seconds * 1000:.0f} ms, finished: {result.finish_reason}{notes}]")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -98,7 +104,7 @@ def run(args) -> int:
     out = sys.stdout
     for i in range(args.num_samples):
         if i:
-            out.write("\n\n")
+            out.write("\n")  # a blank line between samples
         if not args.no_echo:
             out.write(args.prompt)
         seed = None if params.seed is None else params.seed + i
@@ -107,8 +113,6 @@ def run(args) -> int:
             if item.text:
                 out.write(item.text)
                 out.flush()
-            if item.event in ("overflow", "notice"):
-                print(f"\n[{item.message}]", file=sys.stderr, flush=True)
         out.write("\n")
         out.flush()
         print(stats_line(stream.result), file=sys.stderr, flush=True)

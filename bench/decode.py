@@ -1,0 +1,311 @@
+"""Decoding speed at batch 1: tokens/s of a reply, cold (first after loading) and warm.
+
+Three ways to generate the same number of tokens from the same random-weight model:
+
+  (a) naive   nanoGPT-style: a full forward over the whole growing sequence per token (the baseline)
+  (b) eager   lm.generate.Decoder: prompt read once into the KV cache, then one token per step
+  (c) graph   the same decoder with its one-token step captured in a CUDA graph (CUDA only)
+
+(b) and (c) use the decoder's fused one-token step (lm.generate.FusedStep);
+eager-model and graph-model run TransformerLM.forward for the step instead,
+to show what the kernel count of a step costs.
+
+"cold" is the first reply after the weights are on the device: it includes the
+decoder's buffers, any warm-up and the CUDA graph capture. "warm" is the median
+of later replies. By default each mode runs in a fresh process so that one
+mode's warm-up (cuBLAS, einx traces) does not flatter the next one's cold time.
+
+Usage (the `small` preset is GPT-2-small shaped: 768 wide, 12 layers, 12 heads,
+vocab 50257, context 1024; weights bf16 on CUDA):
+
+    python3 bench/decode.py                        # H100: the numbers of docs/perf/decode.md
+    python3 bench/decode.py --preset tiny          # CPU-sized smoke run
+    python3 bench/decode.py --modes eager,graph --new-tokens 512 --top-p 0.9
+
+Needs only torch, numpy, einx and regex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODES = {"naive": "(a) naive loop, no cache", "eager": "(b) KV cache, eager",
+         "graph": "(c) KV cache + CUDA graph", "eager-model": "(b') eager, model.forward step",
+         "graph-model": "(c') CUDA graph, model.forward step"}
+# Peak memory bandwidth by GPU name, for the time-to-read-the-weights floor.
+BANDWIDTH = {"H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12,
+             "RTX 4090": 1.0e12, "L40S": 0.864e12}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="small", help="model preset (small is overridden to vocab 50257, ctx 1024)")
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--context-length", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", help="auto: bf16 on CUDA, fp32 elsewhere")
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--prompt-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=200, help="nanoGPT's sample.py default")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--warm-runs", type=int, default=3)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--in-process", action="store_true", help="run every mode in this process (cold times flattered)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--check", action="store_true",
+                   help="instead of timing: check on this device that the decoder (CUDA graph, fused step) gives "
+                        "the logits and greedy tokens of a full forward pass, for every ablation switch, in fp32")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def model_config(args):
+    from lm.model import ModelConfig
+
+    over = {}
+    if args.preset == "small":
+        over = {"vocab_size": 50257, "context_length": 1024}
+    if args.vocab_size:
+        over["vocab_size"] = args.vocab_size
+    if args.context_length:
+        over["context_length"] = args.context_length
+    return ModelConfig.from_name(args.preset, **over)
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def naive_reply(model, prompt, n, args, generator):
+    """nanoGPT's generate(): crop to the context, full forward, take the last logits, top-k, multinomial."""
+    import torch
+
+    idx = prompt
+    ctx = model.cfg.context_length
+    for _ in range(n):
+        logits = model(idx[:, -ctx:])[:, -1, :].float() / args.temperature
+        if args.top_k:
+            v, _ = torch.topk(logits, min(args.top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        probs = torch.softmax(logits, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+    return idx[0, prompt.shape[1]:].tolist()  # the host needs the ids: this syncs
+
+
+def measure(mode: str, args) -> dict:
+    """Build the model, then time one cold and ``warm_runs`` warm replies of ``mode``."""
+    import torch
+
+    from lm.generate import Decoded, Decoder, Notice, SamplingParams
+    from lm.inference import resolve_device, resolve_dtype
+    from lm.model import TransformerLM
+
+    dev = resolve_device(args.device)
+    dt = resolve_dtype(args.dtype, dev)
+    if mode.startswith("graph") and dev.type != "cuda":
+        return {"mode": mode, "skipped": "CUDA graphs need a CUDA device"}
+    cfg = model_config(args)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = TransformerLM(cfg, device=dev, dtype=dt).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_new_tokens=args.new_tokens, seed=0, stop_at_eos=False)
+    sync(dev)
+    decoder, notices = None, []
+
+    def reply() -> list[int]:
+        nonlocal decoder
+        if mode == "naive":
+            with torch.inference_mode():
+                gen = torch.Generator(device=dev).manual_seed(0)
+                return naive_reply(model, prompt.to(dev), args.new_tokens, args, gen)
+        if decoder is None:
+            decoder = Decoder(model, cuda_graphs=mode.startswith("graph"), fused=not mode.endswith("-model"))
+            if not mode.endswith("-model") and decoder.fused_problem:
+                notices.append(f"fused step not used: {decoder.fused_problem}")
+        out = []
+        for ev in decoder.tokens(prompt[0].tolist(), params):
+            if isinstance(ev, Decoded):
+                out.append(ev.token_id)
+            elif isinstance(ev, Notice):
+                notices.append(ev.message)
+        return out
+
+    times = []
+    for _ in range(1 + args.warm_runs):
+        t0 = time.perf_counter()
+        tokens = reply()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+        assert len(tokens) == args.new_tokens
+    return {"mode": mode, "cold_s": times[0], "warm_s": statistics.median(times[1:]) if args.warm_runs else None,
+            "tokens": tokens, "notices": notices, "device": describe_device(dev, dt),
+            "params": model.num_params(), "bytes_per_token": bytes_read_per_token(model)}
+
+
+def describe_device(dev, dt) -> str:
+    import torch
+
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    return f"{name} {str(dt).removeprefix('torch.')}, torch {torch.__version__}"
+
+
+def bytes_read_per_token(model) -> dict:
+    """Weights a decode step reads (the embedding table only by one row) and the KV cache it scans."""
+    c = model.cfg
+    elt = next(model.parameters()).element_size()
+    weights = sum(p.numel() for p in model.parameters()) * elt
+    if not c.tie_embeddings:
+        weights -= model.token_embeddings.weight.numel() * elt
+    kv = 2 * c.num_layers * c.context_length * c.d_model * elt  # every slot is scanned; masked ones too
+    return {"weights": weights, "kv_cache": kv}
+
+
+def run_child(mode: str, args) -> dict:
+    if args.in_process:
+        return measure(mode, args)
+    argv = [a for a in sys.argv[1:]]
+    proc = subprocess.run([sys.executable, __file__, *argv, "--child", mode], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"mode": mode, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rate(tokens_per_s: float) -> str:
+    return f"{tokens_per_s:,.0f}" if tokens_per_s >= 10 else f"{tokens_per_s:.2f}"
+
+
+def report(results: list[dict], args) -> None:
+    first = next((r for r in results if "device" in r), None)
+    cfg = model_config(args)
+    if first:
+        print(f"decode benchmark: preset {args.preset} ({first['params'] / 1e6:.1f}M params, vocab {cfg.vocab_size}, "
+              f"context {cfg.context_length}) on {first['device']}")
+    print(f"batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, temperature "
+          f"{args.temperature}, top_k {args.top_k}, top_p {args.top_p}; warm = median of {args.warm_runs}; "
+          f"{'one process' if args.in_process else 'a fresh process per mode'}\n")
+    base = next((r for r in results if r["mode"] == "naive" and "cold_s" in r), None)
+    print(f"{'mode':36} {'cold tok/s':>11} {'warm tok/s':>11} {'warm ms/tok':>12} {'x naive warm':>13} "
+          f"{'x naive cold':>13}")
+    n = args.new_tokens
+    for r in results:
+        label = f"{MODES[r['mode']]:36}"
+        if "cold_s" not in r:
+            print(f"{label} {r.get('skipped') or 'error: ' + r.get('error', '?')}")
+            continue
+        cold, warm = n / r["cold_s"], (n / r["warm_s"] if r["warm_s"] else float("nan"))
+        rw = f"{warm / (n / base['warm_s']):.1f}x" if base and base["warm_s"] else "-"
+        rc = f"{cold / (n / base['cold_s']):.1f}x" if base else "-"
+        print(f"{label} {_rate(cold):>11} {_rate(warm):>11} {1000 / warm:12.3f} {rw:>13} {rc:>13}")
+        for msg in sorted(set(r.get("notices", []))):
+            count = r["notices"].count(msg)
+            print(f"    note{f' ({count}x)' if count > 1 else ''}: {msg}")
+    by_mode = {r["mode"]: r for r in results if "tokens" in r}
+    print()
+    for a, b in (("eager", "graph"), ("eager-model", "graph-model"), ("eager", "eager-model")):
+        if a in by_mode and b in by_mode:
+            same = sum(x == y for x, y in zip(by_mode[a]["tokens"], by_mode[b]["tokens"]))
+            print(f"same seed, {a} vs {b}: {same}/{n} tokens equal"
+                  + (" (bf16 rounding differs between the two step implementations)" if a == "eager" and
+                     b == "eager-model" and same < n else ""))
+    if first:
+        b = first["bytes_per_token"]
+        total = b["weights"] + b["kv_cache"]
+        line = (f"\nread per token: weights {b['weights'] / 1e6:.0f} MB + KV cache {b['kv_cache'] / 1e6:.0f} MB "
+                f"= {total / 1e6:.0f} MB")
+        bw = next((v for k, v in BANDWIDTH.items() if k in first["device"]), None)
+        if bw:
+            line += (f"; floor at {bw / 1e12:.2f} TB/s: {total / bw * 1e6:.0f} us/token "
+                     f"({bw / total:,.0f} tokens/s); weights alone {b['weights'] / bw * 1e6:.0f} us")
+        print(line)
+    if first and "H100" in first["device"]:
+        print("targets (H100, bf16): >= 2,000 tokens/s warm and >= 1,000 cold with CUDA graphs")
+
+
+def check(args) -> int:
+    """Greedy decoding through the whole pipeline (graph, fused step, overflow) against full forwards."""
+    import dataclasses
+
+    import torch
+
+    from lm.generate import OVERFLOW_KEEP, Decoded, Decoder, SamplingParams
+    from lm.inference import resolve_device
+    from lm.model import ModelConfig, TransformerLM
+
+    dev = resolve_device(args.device)
+    base = ModelConfig(vocab_size=97, context_length=48, d_model=64, num_layers=2, num_heads=4, d_ff=96)
+    switches = {"default": {}, "nope": {"position": "nope"}, "post-norm": {"norm": "post"},
+                "no-norm": {"norm": "none"}, "silu": {"ffn": "silu", "d_ff": None}, "tied": {"tie_embeddings": True},
+                "naive-attention": {"attention": "naive"}}
+    failures = 0
+    for name, change in switches.items():
+        cfg = dataclasses.replace(base, **change)
+        torch.manual_seed(0)
+        model = TransformerLM(cfg, device=dev).eval()
+        for graphs, fused in ((True, True), (True, False), (False, True)):
+            dec = Decoder(model, cuda_graphs=graphs, fused=fused, chunk=1)
+            dec.depth = 1  # read each step's logits before the next step runs
+            n = 2 * cfg.context_length  # overflows once or twice on the way
+            prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+            worst, not_argmax, hist = 0.0, 0, list(prompt)
+            keep = int(cfg.context_length * OVERFLOW_KEEP)
+            with torch.no_grad():
+                for ev in dec.tokens(prompt, SamplingParams(temperature=0, max_new_tokens=n)):
+                    if not isinstance(ev, Decoded):
+                        if ev.kind != "overflow":
+                            print(f"     note: {ev.message}")
+                        continue
+                    if len(hist) > cfg.context_length:  # the decoder's overflow rule, replayed
+                        hist = hist[-keep:]
+                    ref = model(torch.tensor(hist, device=dev))[-1].float()
+                    worst = max(worst, (dec.logits - ref).abs().max().item())
+                    not_argmax += bool(ref[ev.token_id] < ref.max() - 1e-3)  # near-ties may go either way
+                    hist.append(ev.token_id)
+            captured = bool(dec._graphs)
+            ok = not_argmax == 0 and worst < 1e-3 and captured == (graphs and dev.type == "cuda")
+            failures += not ok
+            graph = ("captured" if captured else "NOT CAPTURED" if graphs and dev.type == "cuda"
+                     else "n/a" if graphs else "off")
+            print(f"{'ok  ' if ok else 'FAIL'} {name:16} graph={graph:8} fused={fused!s:5} "
+                  f"max |logit diff| {worst:.2e}, {n - not_argmax}/{n} greedy tokens are the argmax"
+                  f"{'; ' + dec.fused_problem if fused and dec.fused_problem else ''}")
+    print("all checks passed" if not failures else f"{failures} check(s) FAILED")
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.check:
+        return check(args)
+    os.environ.setdefault("OMP_NUM_THREADS", str(min(8, os.cpu_count() or 1)))
+    if args.child:
+        print(json.dumps(measure(args.child, args)))
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        print(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    results = [run_child(m, args) for m in modes]
+    report(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
