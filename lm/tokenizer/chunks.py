@@ -5,9 +5,8 @@ the whole file. Two kinds of position are safe (unless a special token
 occurrence straddles them):
 
 * the start of a special token: text is split on special tokens anyway;
-* a single whitespace character between two non-whitespace characters
-  (``x y`` or ``x\\ny``): GPT-2's regex always ends a pre-token before it and
-  starts one at it, whatever comes before or after.
+* a whitespace character followed by a non-whitespace one (``x| y``,
+  ``x|\\ny``): see :data:`lm.tokenizer.pretokenize.SAFE_CUT` for why.
 
 Chunks are planned by byte offset, so workers read their own slice of the file
 and the parent never holds the corpus in memory.
@@ -23,12 +22,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import regex
-
 from lm.errors import DataError
-from lm.tokenizer.pretokenize import straddled
+from lm.tokenizer.pretokenize import SAFE_CUT, cut_keeps_specials, straddled
 
-_SAFE_WHITESPACE = regex.compile(r"(?<=\S)\s(?=\S)")
 _SEARCH_WINDOWS = (1 << 16, 1 << 20, 1 << 23)  # bytes read around a target before giving the cut up
 # A worker holds its chunk's text and pre-token list (about 15x the chunk's bytes):
 # 4 MiB keeps that near 60 MB per worker whatever the file size.
@@ -75,10 +71,10 @@ def _first_safe_cut(text: str, begin: int, special_tokens: Sequence[str]) -> int
     longest = max((len(t) for t in special_tokens), default=1)
     limit = len(text) - longest  # a special token past the window end could straddle later positions
     best = None
-    for m in _SAFE_WHITESPACE.finditer(text, begin):
+    for m in SAFE_CUT.finditer(text, begin):
         if m.start() > limit:
             break
-        if not straddled(text, m.start(), special_tokens):
+        if cut_keeps_specials(text, m.start(), special_tokens):
             best = m.start()
             break
     for tok in special_tokens:

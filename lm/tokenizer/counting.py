@@ -48,12 +48,12 @@ def count_text(text: str, special_tokens: Sequence[str], counts: Counter | None 
     if splitter is None:
         counts.update(PRETOKEN_RE.findall(text))
         return counts, 0
-    pieces = splitter.split(text)
+    segments = splitter.split(text)
     findall = PRETOKEN_RE.findall
-    for piece in pieces[::2]:
-        if piece:
-            counts.update(findall(piece))  # Counter.update over a list counts in C
-    return counts, len(pieces) // 2
+    for segment in segments[::2]:
+        if segment:
+            counts.update(findall(segment))  # Counter.update over a list counts in C
+    return counts, len(segments) // 2
 
 
 def _count_chunk(task: tuple[str, int, int, tuple[str, ...]]) -> tuple[Counter, int, int]:

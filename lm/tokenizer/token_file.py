@@ -21,6 +21,7 @@ import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,10 +95,9 @@ def _encode_range(tokenizer: Tokenizer, path: str, start: int, end: int, typecod
     return ids.tobytes(), len(ids), end - start
 
 
-def _start_pool(tokenizer: Tokenizer, processes: int):
+def _start_pool(context, tokenizer: Tokenizer, processes: int):
     """A worker pool holding the tokenizer: inherited with its warm caches under fork, rebuilt under spawn."""
     global _worker_tokenizer
-    context = pool_context()
     if context.get_start_method() == "fork":
         _worker_tokenizer = tokenizer
         try:
@@ -149,8 +149,15 @@ def encode_file(tokenizer: Tokenizer, input_path: str | os.PathLike, output_path
             if workers == 1 or len(chunks) == 1:
                 results = (_encode_range(tokenizer, src, s, e, typecode) for s, e in chunks)
             else:
-                pool = _start_pool(tokenizer, min(workers, len(chunks)))
-                results = pool.imap(_encode_task, [(src, s, e, typecode) for s, e in chunks])
+                context = pool_context()
+                first = []
+                if context.get_start_method() == "fork":
+                    # Encode one chunk here first: forked workers inherit the warm caches
+                    # instead of each paying for the common words again.
+                    first = [_encode_range(tokenizer, src, *chunks[0], typecode)]
+                    chunks = chunks[1:]
+                pool = _start_pool(context, tokenizer, min(workers, len(chunks)))
+                results = chain(first, pool.imap(_encode_task, [(src, s, e, typecode) for s, e in chunks]))
             for data, n_tokens, n_bytes in results:
                 f.write(data)
                 num_tokens += n_tokens

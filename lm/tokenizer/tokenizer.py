@@ -2,19 +2,27 @@
 
 Encoding splits text on special tokens (longest first), pre-tokenizes each
 stretch with GPT-2's regex and applies the merges to each pre-token in rank
-order. Text repeats its words, so the ids of each distinct pre-token are cached:
-most pre-tokens cost one dict lookup, done in C through ``map`` over the
-regex's ``findall`` list.
+order. Text repeats its words, so work is cached at two levels:
+
+* fields: the text is cut where pre-tokenization is separable (a whitespace
+  character followed by a non-whitespace one, see
+  :mod:`lm.tokenizer.pretokenize`), which the stdlib ``re`` does about three
+  times faster than GPT-2's regex runs; a field seen before (`` said,``,
+  ``\\nROMEO:``) costs one dict lookup, in C through ``map``;
+* pre-tokens: BPE runs once per distinct pre-token; many new ones at once go
+  through numpy rounds (:mod:`lm.tokenizer.bpe_batch`).
+
+The regex runs only over the fields not seen before, all at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
-import re
-from itertools import chain, compress, count, repeat
+from itertools import accumulate, chain, compress, count, repeat
 from operator import not_
 from pathlib import Path
 
@@ -31,10 +39,10 @@ from lm.tokenizer.gpt2_files import (
 )
 from lm.tokenizer.pretokenize import (
     PRETOKEN_RE,
+    SAFE_CUT,
+    cut_fields,
     normalize_special_tokens,
     special_splitter,
-    SPACE_GLUE,
-    space_fields,
     split_stream_buffer,
     stream_cut,
 )
@@ -44,8 +52,15 @@ _REPLACEMENT = "\ufffd".encode("utf-8")
 # encode_iterable gathers this many characters before encoding, so many short
 # lines cost one regex call and the carried-over tail stays small.
 _STREAM_BUFFER_CHARS = 1 << 16
-# A pre-token that starts a space field: a space then non-whitespace (stdlib \S = not str.isspace()).
-_FIELD_START = re.compile(r" \S")
+# Below this many new pre-tokens, BPE one by one beats the fixed cost of numpy rounds.
+_BATCH_MIN_PIECES = 500
+# Pre-tokens longer than this (runs of symbols or spaces, blobs without spaces) get a
+# few numpy rounds, then a heap: the plain loop costs time quadratic in their length.
+_LONG_PIECE_BYTES = 256
+_LONG_PIECE_ROUNDS = 32
+# A text this long met with fewer pre-tokens than this cached is encoded without fields.
+_COLD_PIECES = 4096
+_COLD_TEXT_CHARS = 1 << 16
 
 
 class _PieceCache(dict):
@@ -85,8 +100,12 @@ class Tokenizer:
     ids after the largest one; overlapping special tokens are matched longest first.
     """
 
-    CACHE_MAX_ENTRIES = 1 << 17
-    """Distinct pre-tokens (and space fields) remembered before a cache is cleared: about 20 MB each at most."""
+    CACHE_MAX_ENTRIES = 1 << 18
+    """Distinct pre-tokens (and fields) remembered before a cache is cleared: at most about 50 MB each.
+
+    A cleared cache costs one slower chunk; a larger one means fewer clears on
+    corpora with many distinct words (web text), at the price of memory in every
+    encoding process."""
 
     def __init__(self, vocab: Mapping[int, bytes], merges: Iterable[tuple[bytes, bytes]],
                  special_tokens: Iterable[str] | None = None):
@@ -119,17 +138,27 @@ class Tokenizer:
 
         self._byte_ids = [self._token_to_id[bytes([b])] for b in range(256)]
         self._pair_rank: dict[tuple[int, int], int] = {}
+        self._merge_pairs: list[tuple[int, int]] = []
         self._merge_result: list[int] = []
         token_id = self._token_to_id.get
+        # made_at: the rank that made each token (-1: a byte), to tell whether numpy
+        # rounds of merges are exact for this list (see lm.tokenizer.bpe_batch)
+        made_at = dict.fromkeys(self._byte_ids, -1)
+        self._rounds_exact = True
         for rank, (a, b) in enumerate(self._merges):
             ia, ib, im = token_id(a), token_id(b), token_id(a + b)
             if ia is None or ib is None or im is None:
                 raise _MergeNotInVocab(rank, a if ia is None else b if ib is None else a + b)
             self._pair_rank.setdefault((ia, ib), rank)
+            self._merge_pairs.append((ia, ib))
             self._merge_result.append(im)
+            if made_at.get(ia, rank) >= rank or made_at.get(ib, rank) >= rank or im in made_at:
+                self._rounds_exact = False
+            made_at[im] = rank
+        self._batch = None  # numpy BPE for many new pre-tokens at once, built on first use
         self._splitter = special_splitter(self._special_tokens)
         self._cache = _PieceCache(self._bpe, self.CACHE_MAX_ENTRIES)
-        self._field_cache: dict[str, tuple[int, ...]] = {}
+        self._field_cache: dict[str, list[int]] = {}  # values are never mutated
         self._fingerprint: str | None = None
 
     # ----- construction from and to files
@@ -211,6 +240,10 @@ class Tokenizer:
             self._fingerprint = hashlib.sha256(b"\n".join(lines)).hexdigest()
         return self._fingerprint
 
+    def __reduce__(self):
+        # Pickle what defines the tokenizer, not its caches (worker processes, DataLoaders).
+        return (type(self), (self._vocab, self._merges, self._special_tokens))
+
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, "
                 f"special_tokens={self._special_tokens!r})")
@@ -226,6 +259,10 @@ class Tokenizer:
                 f"cannot encode {piece!r}: it holds a lone surrogate ({piece[e.start]!r}), which is not valid "
                 "Unicode text; decode the source with errors='replace' first"
             ) from None
+        if len(data) > _LONG_PIECE_BYTES:
+            if self._rounds_exact:  # numpy rounds first: a run like "=====" finishes in a few
+                return self._bpe_long(list(self._batch_bpe().encode([data], max_rounds=_LONG_PIECE_ROUNDS)[0]))
+            return self._bpe_long([self._byte_ids[b] for b in data])
         ids = [self._byte_ids[b] for b in data]
         if len(ids) < 2:
             return tuple(ids)
@@ -247,57 +284,130 @@ class Tokenizer:
                 ranks[i] = get((ids[i], ids[i + 1]), _NO_MERGE)
         return tuple(ids)
 
-    def _encode_pieces(self, text: str) -> list[int]:
-        """Ids of a text without special tokens, pre-token by pre-token (the reference path)."""
-        return list(chain.from_iterable(map(self._cache.__getitem__, PRETOKEN_RE.findall(text))))
+    def _bpe_long(self, ids: list[int]) -> tuple[int, ...]:
+        """:meth:`_bpe` for long pre-tokens in O(n log n): a heap of (rank, position) over a linked list.
 
-    def _fill_fields(self, fields: set[str]) -> None:
-        """Add the ids of new space fields to the field cache, with one regex call for all of them.
-
-        The fields are joined back with spaces: each join is a safe cut, so the
-        joined text pre-tokenizes field by field, and a pre-token that starts
-        with a space followed by non-whitespace starts a field (a space inside a
-        field is always followed by whitespace). Every step runs in C but BPE on
-        pre-tokens never seen before.
+        Pops give the lowest rank, leftmost first, like the quadratic loop; an
+        entry whose pair has changed since it was pushed is skipped.
         """
-        fields = list(fields)
+        get = self._pair_rank.get
+        result = self._merge_result
+        n = len(ids)
+        nxt = list(range(1, n + 1))
+        prev = list(range(-1, n - 1))
+        alive = [True] * n
+        heap = [(r, i) for i, r in enumerate(map(get, zip(ids, ids[1:]))) if r is not None]
+        heapq.heapify(heap)
+        while heap:
+            r, i = heapq.heappop(heap)
+            j = nxt[i]
+            if not alive[i] or j >= n or get((ids[i], ids[j])) != r:
+                continue
+            ids[i] = result[r]
+            alive[j] = False
+            nxt[i] = k = nxt[j]
+            if k < n:
+                prev[k] = i
+                rk = get((ids[i], ids[k]))
+                if rk is not None:
+                    heapq.heappush(heap, (rk, i))
+            h = prev[i]
+            if h >= 0:
+                rh = get((ids[h], ids[i]))
+                if rh is not None:
+                    heapq.heappush(heap, (rh, h))
+        return tuple(compress(ids, alive))
+
+    def _bpe_many(self, pieces: list[str]) -> None:
+        """Put the ids of the pre-tokens not yet cached into the cache, with numpy when there are many."""
+        cache = self._cache
+        new = set(pieces).difference(cache)
+        if len(new) < _BATCH_MIN_PIECES:
+            return  # the per-piece path (cache misses) is cheaper
+        if not self._rounds_exact:
+            return
+        new_pieces = list(new)
+        try:
+            raw = list(map(str.encode, new_pieces))
+        except UnicodeEncodeError:
+            return  # a lone surrogate: the per-piece path reports it
+        if len(cache) + len(new_pieces) > self.CACHE_MAX_ENTRIES:
+            cache.clear()
+        cache.update(zip(new_pieces, self._batch_bpe().encode(raw)))
+
+    def _batch_bpe(self):
+        """The numpy BPE (:class:`lm.tokenizer.bpe_batch.BatchBpe`), built on first use."""
+        if self._batch is None:
+            from lm.tokenizer.bpe_batch import BatchBpe  # numpy, only when needed
+
+            self._batch = BatchBpe(self._merge_pairs, self._merge_result, self._byte_ids, self.vocab_size)
+        return self._batch
+
+    def _encode_pieces(self, text: str) -> list[int]:
+        """Ids of a text without special tokens, pre-token by pre-token (no field cache)."""
+        pieces = PRETOKEN_RE.findall(text)
+        self._bpe_many(pieces)
+        return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
+
+    def _fill_fields(self, fields: list[str]) -> None:
+        """Add the ids of new fields (see :func:`cut_fields`) to the field cache, running the regex once.
+
+        The fields are joined back together: each of them but one that does not
+        start at a safe cut (the first field of a text), put first, starts at a
+        safe cut, so the joined text pre-tokenizes field by field and each field
+        starts a pre-token. Every step runs in C but BPE on pre-tokens never
+        seen before.
+        """
         cache = self._field_cache
         if len(cache) + len(fields) > self.CACHE_MAX_ENTRIES:
             cache.clear()
-        pieces = PRETOKEN_RE.findall((" " + " ".join(fields)).replace(SPACE_GLUE, " "))
+        pieces = PRETOKEN_RE.findall("".join(fields))
+        self._bpe_many(pieces)
         piece_ids = list(map(self._cache.__getitem__, pieces))
-        starts = list(compress(count(), map(_FIELD_START.match, pieces)))
-        if len(starts) != len(fields):  # cannot happen if the cut rules hold; stay correct if they do not
-            for field in fields:
-                cache[field] = tuple(self._encode_pieces(" " + field.replace(SPACE_GLUE, " ")))
-            return
-        bounds = map(slice, starts, starts[1:] + [len(pieces)])
-        cache.update(zip(fields, map(tuple, map(chain.from_iterable, map(piece_ids.__getitem__, bounds)))))
+        # piece index of each field's first character, from character offsets
+        piece_at = dict(zip(accumulate(map(len, pieces), initial=0), count()))
+        starts = list(map(piece_at.__getitem__, accumulate(map(len, fields[:-1]), initial=0)))
+        # each field's ids are a slice of the flat id list (one allocation per field)
+        flat = list(chain.from_iterable(piece_ids))
+        offsets = list(accumulate(map(len, piece_ids), initial=0))
+        id_starts = list(map(offsets.__getitem__, starts))
+        cache.update(zip(fields, map(flat.__getitem__, map(slice, id_starts, id_starts[1:] + [len(flat)]))))
 
     def _encode_ordinary(self, text: str) -> list[int]:
         """Ids of a text without special tokens.
 
-        The text is cut at safe spaces with str.split (C speed, see
-        :func:`space_fields`) and each field's ids are cached, so a word seen
-        before, with its leading space and punctuation, costs one dict lookup;
-        the regex runs only on new fields.
+        The text is cut at safe cuts (C speed, see :func:`cut_fields`) and each
+        field's ids are cached, so a word seen before, with its leading
+        whitespace and punctuation, costs one dict lookup; the regex runs only
+        on fields not seen before, all at once.
         """
-        fields = space_fields(text)
-        if fields is None:
+        if len(self._cache) < _COLD_PIECES and len(text) >= _COLD_TEXT_CHARS:
+            # First sight of a large text: most fields would be new, and filling the field
+            # cache costs more than running the regex over the text once. Fields pay off
+            # from the next text on, when their pre-tokens are already known.
             return self._encode_pieces(text)
-        first = fields[0]
-        out = self._encode_pieces(first.replace(SPACE_GLUE, " ")) if first else []
-        rest = fields[1:]
+        fields = cut_fields(text)
         cache = self._field_cache
-        parts = list(map(cache.get, rest))
-        if not all(parts):  # a miss is None; hits are non-empty tuples
-            missing = set(compress(rest, map(not_, parts)))
-            if len(cache) + len(missing) > self.CACHE_MAX_ENTRIES:
-                missing = set(rest)  # the cache gets cleared: refill every field of this text
-            self._fill_fields(missing)
-            parts = list(map(cache.__getitem__, rest))
-        out.extend(chain.from_iterable(parts))
-        return out
+        parts = list(map(cache.get, fields))
+        if not all(parts):  # a miss is None; hits are non-empty lists
+            misses = list(compress(range(len(fields)), map(not_, parts)))
+            missing = set(map(fields.__getitem__, misses))
+            refill = len(cache) + len(missing) > self.CACHE_MAX_ENTRIES
+            if refill:
+                missing = set(fields)  # the cache gets cleared: refill every field of this text
+            first = fields[0]
+            if first in missing and not SAFE_CUT.match(first):
+                missing.discard(first)
+                ordered = [first, *missing]
+            else:
+                ordered = list(missing)
+            self._fill_fields(ordered)
+            if refill:
+                parts = list(map(cache.__getitem__, fields))
+            else:
+                for i in misses:
+                    parts[i] = cache[fields[i]]
+        return list(chain.from_iterable(parts))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; occurrences of the special tokens become their ids."""
@@ -332,7 +442,7 @@ class Tokenizer:
             if cut:
                 ids = self.encode(text[:cut])
                 tail = text[cut:]
-            else:  # no safe space near the end (e.g. text without spaces): hold back the last pre-tokens
+            else:  # no safe cut near the end (e.g. text without spaces): hold back the last pre-tokens
                 parts, tail = split_stream_buffer(text, self._splitter, self._special_tokens)
                 ids = []
                 for is_special, value in parts:
@@ -367,7 +477,10 @@ class Tokenizer:
     # ----- decoding
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """The concatenated bytes of ``ids``; an unknown id gives U+FFFD's bytes."""
+        """The concatenated bytes of ``ids`` (a list, or a 1-D numpy array or torch tensor); an unknown id
+        gives U+FFFD's bytes."""
+        if hasattr(ids, "tolist"):  # array elements would not hash like the int keys
+            ids = ids.tolist()
         return b"".join(map(self._vocab.get, ids, repeat(_REPLACEMENT)))
 
     def decode(self, ids: Iterable[int]) -> str:
