@@ -48,6 +48,8 @@ def resolve_run_paths(specs: list[str], runs_dir: str | os.PathLike = "runs") ->
         if found is None:
             known = [r.path for r in list_runs(root)]
             matches = [p for p in known if p.name.startswith(spec)]
+            if len(matches) > 1:  # `qs-lr` names qs-lr-<time> rather than qs-lr-nowarmup-<time>
+                matches = [p for p in matches if strip_stamp(p.name) == spec] or matches
             if len(matches) == 1:
                 found = matches[0]
             elif matches:
@@ -99,8 +101,6 @@ def summarize(run: RunData) -> dict:
     finite_vals = [v for v in vals if _finite(v)]
     bpbs = [r.get("val_bpb") for r in run.evals if _finite(r.get("val_bpb"))]
     speeds = [r["tokens_per_s"] for r in run.train if _finite(r.get("tokens_per_s"))]
-    non_finite = any(not _finite(r.get("loss")) for r in run.train) or any(v is not None and not _finite(v)
-                                                                           for v in vals)
     st = run.status
     last = run.train[-1] if run.train else {}
     return {
@@ -113,8 +113,22 @@ def summarize(run: RunData) -> dict:
         "best_val_bpb": min(bpbs) if bpbs else st.best_val_bpb,
         "tokens_per_s": statistics.median(speeds) if speeds else None,
         "tokens": int(last.get("tokens") or st.tokens or 0),
-        "diverged": st.state == "diverged" or non_finite,
+        "diverged": st.state == "diverged" or diverged_at(run) is not None,
     }
+
+
+def diverged_at(run: RunData) -> str | None:
+    """Why the run counts as diverged by the sweep's rule (non-finite loss, or loss above its start
+    after warmup), or None; runs stopped by a sweep for diverging read as stopped in their status."""
+    from lab.sweep.search import DivergenceWatch
+
+    warmup, vocab = run.config.get("schedule.warmup_steps", 0), run.config.get("model.vocab_size")
+    watch = DivergenceWatch(int(warmup) if _finite(warmup) else 0, int(vocab) if _finite(vocab) else None)
+    for rec in run.train:
+        reason = watch.check(rec)
+        if reason:
+            return reason
+    return None
 
 
 def config_diff(runs: list[RunData]) -> list[tuple[str, list]]:
@@ -196,6 +210,9 @@ def smooth(values: list[float], window: int, kind: str = "ema") -> list[float]:
     raise LabError(f"smoothing must be 'ema' or 'mean', got {kind!r}")
 
 
+PLAIN_MARKERS = ("*", "+", "o", "x", "#", "=", "%", "@")
+
+
 @dataclass
 class Curve:
     """One line (or set of markers) of a plot."""
@@ -209,8 +226,12 @@ class Curve:
 
 def render_plot(curves: list[Curve], *, title: str = "", xlabel: str = "", ylabel: str = "",
                 xlog: bool = False, width: int | None = None, height: int | None = None,
-                color: bool = True) -> str:
-    """The curves overlaid in one terminal plot, as a string."""
+                color: bool = True, legend: str = "top-right") -> str:
+    """The curves overlaid in one terminal plot, as a string.
+
+    ``legend`` is where the legend goes (``top-right``, ``bottom-left``, ``top-center`` ...):
+    the place the curves are least likely to cross.
+    """
     import plotext as plt
 
     if not hasattr(plt, "figure") or not hasattr(plt.figure, "signal"):
@@ -221,17 +242,28 @@ def render_plot(curves: list[Curve], *, title: str = "", xlabel: str = "", ylabe
         return "(nothing to plot: no finite points)"
     size = os.get_terminal_size(1) if os.isatty(1) else os.terminal_size((100, 30))
     fig = plt.figure
+    plt.terminal.limit(False, False)  # the size is chosen here (from the terminal when there is one)
     fig.clear()
     fig.plot_size(width or min(size.columns, 140), height or max(12, min(size.lines - 6, 30)))
     fig.theme("default" if color else "clear")
+    # Without colors the curves must differ by their marker (a line is drawn with its marker).
+    plain = iter(PLAIN_MARKERS * (len(drawable) // len(PLAIN_MARKERS) + 1))
     for c in drawable:
-        sig = fig.signal(c.xs, c.ys, marker=c.marker) if c.marker else fig.signal(c.xs, c.ys)
+        marker = c.marker or (None if color else next(plain))
+        sig = fig.signal(c.xs, c.ys, marker=marker) if marker else fig.signal(c.xs, c.ys)
         sig.label(c.label)
         if c.lines and len(c.xs) > 1:
             sig.lines()
         fig.draw(sig)
     if xlog:
         fig.ruler("x").scale("log")
+    xs = [x for c in drawable for x in c.xs]
+    ys = [y for c in drawable for y in c.ys]
+    vertical, horizontal = legend.split("-")
+    # Legend coordinates are in axis units; on a log axis that unit is log10.
+    lo, hi = (math.log10(min(xs)), math.log10(max(xs))) if xlog else (min(xs), max(xs))
+    lx = {"left": lo, "right": hi, "center": (lo + hi) / 2}[horizontal]
+    fig.legend(x=lx, y=max(ys) if vertical == "top" else min(ys), ha=horizontal, va=vertical, relative=True)
     if title:
         fig.title(title)
     if xlabel:
@@ -248,10 +280,32 @@ def comparison_curves(runs: list[RunData], metric: str, *, x: str = "step", wind
     if window is None:
         window = 1 if mk == "eval" else 10
     curves = []
-    for run in runs:
+    for run, label in zip(runs, short_labels([r.label for r in runs])):
         xs, ys = series(run, metric, x, mk)
-        curves.append(Curve(run.label, xs, ys if raw else smooth(ys, window, kind)))
+        curves.append(Curve(label, xs, ys if raw else smooth(ys, window, kind)))
     return curves
+
+
+def short_labels(names: list[str]) -> list[str]:
+    """Run names without their ``-YYYYmmdd-HHMMSS`` stamps where they stay distinct (shorter legends)."""
+    short = [strip_stamp(n) for n in names]
+    return short if len(set(short)) == len(short) else list(names)
+
+
+def strip_stamp(name: str) -> str:
+    """``quickstart-20261122-101500`` (or ``...-101500-2``) -> ``quickstart``."""
+    import re
+
+    return re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", name)
+
+
+def text_console():
+    """A rich Console: the terminal's width on a TTY, wide when piped (so tables are not squeezed)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def format_value(v) -> str:

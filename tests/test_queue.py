@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lab.cli import main
 from lab.queue.runner import QueueRunner, status_for_exit
 from lab.queue.store import QueueError, QueueStore
 
@@ -31,7 +32,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 def fake_env(monkeypatch):
     """Make the queue start the stand-in instead of ``lab run``."""
     monkeypatch.setenv("LAB_QUEUE_RUN_COMMAND", f"{sys.executable} {FAKE}")
-    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.03")
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.02")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
@@ -138,8 +139,11 @@ def test_retry_keeps_a_resumable_run_dir_and_refuses_pending(tmp_path):
         state.get(e.id).status, state.get(e.id).run_dir = "stopped", str(run_dir)
     assert store.retry([e.id])[0].run_dir == str(run_dir)
     with store.transaction() as state:
-        state.get(e.id).status = "failed"
+        state.get(e.id).status, state.get(e.id).run_dir = "failed", str(run_dir)
     assert store.retry([e.id], fresh=True)[0].run_dir is None
+    with store.transaction() as state:
+        state.get(e.id).status, state.get(e.id).run_dir = "done", str(run_dir)
+    assert store.retry([e.id])[0].run_dir is None  # resuming a finished run would do nothing
 
 
 def test_a_corrupt_queue_file_is_a_clear_error(tmp_path):
@@ -257,38 +261,34 @@ def test_two_runners_on_one_queue_never_take_the_same_run(tmp_path, fake_env, mo
 def test_queue_stop_checkpoints_runs_and_the_next_runner_resumes_them(tmp_path, fake_env):
     runs = tmp_path / "runs"
     store = QueueStore(runs)
-    store.add(write_exp(tmp_path, "s", steps=80), [])
+    store.add(write_exp(tmp_path, "s", steps=50), [])
     proc = runner_process(runs)
     wait_for(lambda: (e := store.read().entries[0]).run_dir and (Path(e.run_dir) / "checkpoints" / "latest.pt").exists())
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    stop = subprocess.run([sys.executable, "-m", "lab", "queue", "--runs-dir", str(runs), "stop", "--wait"],
-                          env=env, capture_output=True, text=True, timeout=60)
-    assert stop.returncode == 0, stop.stderr
+    assert main(["queue", "--runs-dir", str(runs), "stop", "--wait"]) == 0
     assert proc.wait(timeout=30) == 0
     e = store.read().entries[0]
     assert e.status == "pending" and e.run_dir and "queue stop" in e.message
     assert quiet_runner(store).run() == 0
     e = store.read().entries[0]
     assert e.status == "done" and events_of(e.run_dir).count("resume") == 1
-    assert train_steps(e.run_dir) == list(range(1, 81))
+    assert train_steps(e.run_dir) == list(range(1, 51))
 
 
 def test_stopping_one_entry_marks_it_stopped_and_retry_resumes_it(tmp_path, fake_env):
     runs = tmp_path / "runs"
     store = QueueStore(runs)
-    store.add(write_exp(tmp_path, "one", steps=80), [])
+    store.add(write_exp(tmp_path, "one", steps=50), [])
     store.add(write_exp(tmp_path, "two", steps=4), [])
     proc = runner_process(runs)
     wait_for(lambda: (e := store.read().entries[0]).pid and (Path(e.run_dir) / "checkpoints" / "latest.pt").exists())
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    subprocess.run([sys.executable, "-m", "lab", "queue", "--runs-dir", str(runs), "stop", "1"], env=env, check=True)
+    assert main(["queue", "--runs-dir", str(runs), "stop", "1"]) == 0
     assert proc.wait(timeout=60) == 0
     one, two = store.read().entries
     assert (one.status, one.exit_code, two.status) == ("stopped", 5, "done")
     store.retry([one.id])
     quiet_runner(store).run()
     one = store.read().entries[0]
-    assert one.status == "done" and train_steps(one.run_dir) == list(range(1, 81))
+    assert one.status == "done" and train_steps(one.run_dir) == list(range(1, 51))
 
 
 def _alive(pid) -> bool:

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 import tomllib
+
+import tomli_w
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve()
@@ -82,6 +84,7 @@ def main(argv: list[str]) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         (run_dir / "config.json").write_text(json.dumps(cfg))
+        (run_dir / "config.toml").write_text(tomli_w.dumps({k: v for k, v in cfg.items() if v is not None}))
         step, elapsed, best, resumed = 0, 0.0, None, False
     tr = cfg.get("training", {})
     steps, log_every = tr.get("steps", 20), tr.get("log_every", 1)

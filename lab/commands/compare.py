@@ -46,22 +46,26 @@ def run(args) -> int:
         print(json.dumps({"runs": rows, "differences": {k: v for k, v in diffs}}, indent=1, default=str))
         return 0
 
-    from rich.console import Console
+    from lab.compare import text_console
     from rich.table import Table
 
-    console = Console()
+    console = text_console()
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("RUN", "STATE", "STEPS", "FINAL VAL", "BEST VAL", "BEST BPB", "TOK/S", "DIVERGED"):
         table.add_column(col, justify="left" if col in ("RUN", "STATE") else "right")
     best = min((r["best_val_loss"] for r in rows if r["best_val_loss"] is not None), default=None)
+
+    def loss(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
     for r in rows:
-        best_cell = format_value(r["best_val_loss"])
+        best_cell = loss(r["best_val_loss"])
         if best is not None and r["best_val_loss"] == best and len(rows) > 1:
             best_cell = f"[bold green]{best_cell}[/]"
         steps = f"{r['steps']}/{r['total_steps']}" if r["total_steps"] else str(r["steps"])
         speed = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
-        table.add_row(r["run"], r["state"], steps, format_value(r["final_val_loss"]), best_cell,
-                      format_value(r["best_val_bpb"]), speed, "[red]yes[/]" if r["diverged"] else "no")
+        table.add_row(r["run"], r["state"], steps, loss(r["final_val_loss"]), best_cell,
+                      loss(r["best_val_bpb"]), speed, "[red]yes[/]" if r["diverged"] else "no")
     console.print(table)
 
     if len(runs) > 1:
@@ -75,7 +79,7 @@ def run(args) -> int:
                 dt.add_row(key, *(format_value(v) for v in values))
             console.print(dt)
         else:
-            console.print("config: identical (apart from the name)" if not any(r.config_problem for r in runs)
+            console.print("config: identical" if not any(r.config_problem for r in runs)
                           else "config: " + "; ".join(f"{r.label}: {r.config_problem}" for r in runs if r.config_problem))
     if args.plot:
         curves = comparison_curves(runs, args.metric, x=args.x, window=args.smooth, kind=args.smooth_kind,

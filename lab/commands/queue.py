@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 RUNS_DIR_HELP = "runs folder holding queue.json and the run directories (default: runs)"
 
@@ -54,7 +55,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     mv.add_argument("position", metavar="POSITION")
     mv.add_argument("--runs-dir", default=argparse.SUPPRESS, help=RUNS_DIR_HELP)
 
-    rt = sub.add_parser("retry", help="put finished entries back to pending (resuming their checkpoint if any)")
+    rt = sub.add_parser("retry", help="put finished entries back to pending: stopped/failed runs resume "
+                                      "from their checkpoint, done/diverged ones start over")
     rt.add_argument("ids", nargs="+", type=int, metavar="ID")
     rt.add_argument("--fresh", action="store_true", help="start over in a new run directory instead of resuming")
     rt.add_argument("--runs-dir", default=argparse.SUPPRESS, help=RUNS_DIR_HELP)
@@ -96,7 +98,10 @@ def _run(store, args) -> int:
         raise LabError(f"--workers must be at least 1, got {args.workers}")
     runner = QueueRunner(store, args.workers, gpus=gpus, follow=args.follow)
     if not args.follow and not runner.has_more(store.read()):
-        print("queue: nothing pending (add runs with `lab queue add EXPERIMENT.toml`)")
+        sweeps = sorted({e.sweep for e in store.read().entries if e.sweep and e.status == "pending"})
+        hint = (f"; pending sweep trials run only under their sweep: `lab sweep FILE` for {', '.join(sweeps)}"
+                if sweeps else " (add runs with `lab queue add EXPERIMENT.toml`)")
+        print(f"queue: nothing pending{hint}")
         return 0
     return runner.run()
 
@@ -163,7 +168,7 @@ def _stop(store, args) -> int:
 def _list(store, args) -> int:
     import json
 
-    from lab.queue.store import pid_alive, this_host
+    from lab.queue.store import is_orphan, pid_alive, this_host
     from lm.runs import RunDir
 
     state = store.read()
@@ -182,22 +187,23 @@ def _list(store, args) -> int:
     if not rows:
         print(f"queue: empty ({store.path})")
         return 0
-    from rich.console import Console
+    from lab.compare import text_console
     from rich.table import Table
 
     colors = {"pending": "white", "running": "cyan", "done": "green", "failed": "red",
               "stopped": "yellow", "diverged": "magenta"}
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("ID", "STATUS", "EXPERIMENT", "STEP", "BEST VAL", "TRIES", "TIME", "RUN DIR"):
-        table.add_column(col, no_wrap=col in ("ID", "STATUS", "STEP"))
+    for col in ("ID", "STATUS", "STEP", "BEST VAL", "TRIES", "TIME", "RUN", "EXPERIMENT"):
+        table.add_column(col, no_wrap=col != "EXPERIMENT", overflow="fold")
     for e, s in rows:
-        status = e.status + (" (pruned)" if e.pruned else "")
+        status = e.status + (" (pruned)" if e.pruned else "") + (" (runner died)" if is_orphan(e) else "")
         step = f"{s.get('step', 0)}/{s.get('total_steps', '?')}" if s else ""
         best = f"{s['best_val_loss']:.4f}" if isinstance(s.get("best_val_loss"), (int, float)) else ""
-        label = e.label() + (f"  [sweep {e.sweep} #{e.trial}]" if e.sweep else "")
-        table.add_row(str(e.id), f"[{colors.get(e.status, 'white')}]{status}[/]", label, step, best,
-                      str(e.attempts), _elapsed(e), e.run_dir or "")
-    console = Console()
+        what = f"sweep {e.sweep} #{e.trial}" if e.sweep else Path(e.experiment).name
+        label = " ".join([what, *e.overrides])
+        table.add_row(str(e.id), f"[{colors.get(e.status, 'white')}]{status}[/]", step, best,
+                      str(e.attempts), _elapsed(e), Path(e.run_dir).name if e.run_dir else "", label)
+    console = text_console()
     console.print(table)
     live = [r for r in state.runners if r.host != this_host() or pid_alive(r.pid)]
     if live:
@@ -206,7 +212,7 @@ def _list(store, args) -> int:
 
 
 def _elapsed(entry) -> str:
-    if not entry.started:
+    if not entry.started or entry.status == "pending":
         return ""
     end = entry.finished or time.time()
     seconds = int(end - entry.started)

@@ -62,7 +62,9 @@ def _run_sweep(args, path: str) -> int:
     report = build_report(args.runs_dir, spec.name)
     counts = {}
     for t in report.trials:
-        counts[t.outcome] = counts.get(t.outcome, 0) + 1
+        # The driver has returned: a trial still open was interrupted and resumes on the next start.
+        outcome = "interrupted (resume: run this command again)" if t.outcome == "running" else t.outcome
+        counts[outcome] = counts.get(outcome, 0) + 1
     print(f"sweep {spec.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if report.best is not None:
         b = report.best
@@ -87,14 +89,15 @@ def _print_plan(spec) -> None:
 
 def _report(args, name: str) -> int:
     import sys
+    from pathlib import Path
 
-    from rich.console import Console
+    from lab.compare import text_console
     from rich.table import Table
 
     from lab.sweep.report import build_report, divergence_lines, metric_vs_param_plot, params_text
 
     report = build_report(args.runs_dir, name)
-    console = Console()
+    console = text_console()
     color = sys.stdout.isatty()
     console.print(f"[bold]sweep {name}[/]: {len(report.trials)} trials, {report.direction} {report.metric}")
     if report.best is not None:
@@ -106,7 +109,12 @@ def _report(args, name: str) -> int:
     for col in ["TRIAL", *report.params, "OUTCOME", report.metric.upper(), "LAST EVAL", "STEP", "RUN DIR"]:
         table.add_column(col)
     key = report.params[0] if report.params else None
-    order = sorted(report.trials, key=lambda r: (str(type(r.params.get(key))), r.params.get(key, 0)) if key else r.number)
+
+    def by_first_param(r):
+        v = r.params.get(key)
+        return (0, v, r.number) if isinstance(v, (int, float)) else (1, 0, r.number)
+
+    order = sorted(report.trials, key=by_first_param)
     for r in order:
         cells = [str(r.number)]
         cells += [f"{r.params[k]:.4g}" if isinstance(r.params.get(k), float) else str(r.params.get(k, "-"))
@@ -114,7 +122,7 @@ def _report(args, name: str) -> int:
         cells += [r.outcome, f"{r.value:.4f}" if r.value is not None else "-",
                   f"{r.last_value:.4f}" if r.last_value is not None else "-",
                   str(r.diverged_step if r.outcome == "diverged" and r.diverged_step is not None else r.last_step or "-"),
-                  r.run_dir]
+                  Path(r.run_dir).name if r.run_dir else ""]
         table.add_row(*cells)
     console.print(table)
     print()
@@ -124,7 +132,6 @@ def _report(args, name: str) -> int:
         print(line)
     if args.curves:
         from lab.compare import comparison_curves, load_run, render_plot
-        from pathlib import Path
 
         runs = [load_run(r.run_dir) for r in report.trials if r.run_dir and Path(r.run_dir).is_dir()]
         print()

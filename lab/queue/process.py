@@ -69,9 +69,11 @@ def spawn(args: list[str], *, cwd: str, log_path: Path, gpu: str | None, extra_e
     env = dict(os.environ)
     env.update(extra_env)
     env["PYTHONUNBUFFERED"] = "1"
-    # `python -m lab` must find this package even when it is not pip-installed.
-    project_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+    # `python -m lab` must find this package when it runs from a source checkout that is not
+    # pip-installed and the run starts in another directory.
+    project_root = Path(__file__).resolve().parents[2]
+    if (project_root / "pyproject.toml").is_file():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root), env.get("PYTHONPATH", "")) if p)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -252,7 +252,7 @@ class QueueRunner:
             elif job.stop_reason == "diverged" and code in (4, 5):
                 status, message = "diverged", job.stop_message or "diverged"
             own = run_dir_message(job.run_dir)
-            if own and status not in ("done", "pending"):
+            if own and status not in ("done", "pending") and job.stop_reason is None:
                 message = f"{message}: {own}"
             entry = self._record(job.entry_id, status=status, message=message, exit_code=code,
                                  pruned=job.stop_reason == "pruned" and status == "stopped")

@@ -236,7 +236,7 @@ class QueueStore:
             removed = []
             for entry_id in ids:
                 entry = state.get(entry_id)
-                if entry.status == "running":
+                if entry.status == "running" and not is_orphan(entry):
                     raise QueueError(
                         f"entry {entry_id} is running ({entry.run_dir}); stop it first with `lab queue stop {entry_id}`"
                     )
@@ -269,8 +269,9 @@ class QueueStore:
     def retry(self, ids: list[int], *, fresh: bool = False) -> list[QueueEntry]:
         """Put finished entries back to pending.
 
-        A run directory with a resumable checkpoint is kept (the retry resumes it)
-        unless ``fresh``; otherwise the next start gets a new run directory.
+        A stopped or failed run with a resumable checkpoint keeps its run
+        directory (the retry resumes it) unless ``fresh``; a done or diverged run,
+        where resuming would only end the same way, starts over in a new one.
         """
         with self.transaction() as state:
             out = []
@@ -278,7 +279,7 @@ class QueueStore:
                 entry = state.get(entry_id)
                 if entry.status in ("pending", "running"):
                     raise QueueError(f"entry {entry_id} is {entry.status}; only finished entries can be retried")
-                if fresh or not has_checkpoint(entry.run_dir):
+                if fresh or entry.status in ("done", "diverged") or not has_checkpoint(entry.run_dir):
                     entry.run_dir = None
                 entry.status = "pending"
                 entry.exit_code = None

@@ -60,10 +60,10 @@ class SweepRunner(QueueRunner):
 
         state = self.store.read()
         live = {e.trial: e for e in state.entries
-                if e.sweep == self.spec.name and e.status in ("pending", "running", "stopped")}
+                if e.sweep == self.spec.name and e.status in ("pending", "running")}
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             entry = live.get(t.number)
-            if entry is not None and entry.status != "stopped":
+            if entry is not None:
                 self.trials[entry.id] = optuna.trial.Trial(self.study, t._trial_id)
             else:
                 self.study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
@@ -130,11 +130,14 @@ class SweepRunner(QueueRunner):
 
         trial = self.trials[entry.id]
         trial.set_user_attr("run_dir", str(job.run_dir))
-        warmup = resolve_entry(entry.experiment, entry.overrides).schedule.warmup_steps
+        try:
+            cfg = resolve_entry(entry.experiment, entry.overrides)
+            divergence = DivergenceWatch(cfg.schedule.warmup_steps, cfg.model.vocab_size)
+        except ConfigError:  # the base file changed since the sweep started; the run itself will say how
+            divergence = DivergenceWatch(self.spec.warmup_steps)
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
         self.watches[entry.id] = TrialWatch(trial=trial, tail=MetricsTail(RunDir(job.run_dir).metrics_path),
-                                            divergence=DivergenceWatch(warmup),
-                                            reported=set(frozen.intermediate_values))
+                                            divergence=divergence, reported=set(frozen.intermediate_values))
 
     def watch(self, job: Job) -> None:
         w = self.watches.get(job.entry_id)
@@ -180,22 +183,28 @@ class SweepRunner(QueueRunner):
             self.terminate(job, "pruned", msg)
 
     def on_finished(self, job: Job, entry: QueueEntry) -> None:
+        self.watch(job)  # the records written after the last poll
         w = self.watches.pop(entry.id, None)
         if w is None:
             return
-        self.watch(job)  # the records written after the last poll
-        trial = self.trials.get(entry.id)
-        if entry.status in ("pending", "stopped") and not entry.pruned:
-            return  # interrupted, not finished: the trial stays open and resumes later
-        self.trials.pop(entry.id, None)
+        if entry.status == "pending":
+            return  # interrupted by a stop of the sweep: the trial stays open and resumes next time
+        trial = self.trials.pop(entry.id)
         trial.set_user_attr("status", entry.status)
+        if entry.status == "stopped" and not entry.pruned:
+            trial.set_user_attr("message", f"stopped by hand; `lab queue retry {entry.id}` and run the sweep "
+                                           "again to resume it")
+            self.study.tell(trial, state=self._state("FAIL"))
+            return
         if entry.status == "done" and w.last_value is not None:
             self.study.tell(trial, w.last_value)
             self.log(f"sweep {self.spec.name}: trial {trial.number} finished: {self.spec.metric} {w.last_value:.4f}")
         elif entry.pruned or entry.status == "diverged":
-            if entry.status == "diverged" and not w.diverged:
+            if entry.status == "diverged" and not w.diverged:  # the engine's own halt (exit 4)
+                from lm.runs import RunDir
+
                 trial.set_user_attr("diverged", True)
-                trial.set_user_attr("diverged_step", w.last_step)
+                trial.set_user_attr("diverged_step", RunDir(job.run_dir).status().step)
                 trial.set_user_attr("message", entry.message)
             # PRUNED, not FAIL: TPE still learns from a pruned trial that this region is bad.
             self.study.tell(trial, state=self._state("PRUNED"))

@@ -112,7 +112,7 @@ def metric_vs_param_plot(report: SweepReport, *, width: int | None = None, heigh
         return "(no parameters)"
     key = report.params[0]
     pts = {"done": ([], []), "pruned": ([], []), "diverged": ([], [])}
-    finite = [r.value if r.value is not None else r.last_value for r in report.trials]
+    finite = [r.value if r.value is not None else r.last_value for r in report.trials if r.outcome != "diverged"]
     finite = [v for v in finite if v is not None and math.isfinite(v)]
     top = max(finite) if finite else 1.0
     for r in sorted(report.trials, key=lambda r: r.params.get(key, 0) if _number(r.params.get(key)) else 0):
@@ -134,7 +134,8 @@ def metric_vs_param_plot(report: SweepReport, *, width: int | None = None, heigh
               Curve("pruned (last eval)", *pts["pruned"], marker="o", lines=False),
               Curve("diverged", *pts["diverged"], marker="x", lines=False)]
     return render_plot(curves, title=f"sweep {report.name}: {report.metric} vs {key}", xlabel=key,
-                       ylabel=report.metric, xlog=xlog, width=width, height=height, color=color)
+                       ylabel=report.metric, xlog=xlog, width=width, height=height, color=color,
+                       legend="top-center")  # a U-shaped curve leaves the top middle free
 
 
 def _number(v) -> bool:

@@ -190,7 +190,7 @@ def load_sweep(path: str | Path, *, name: str | None = None) -> SweepSpec:
     if not isinstance(params, dict) or not params:
         problems.append('no parameters to sweep: add a [params."section.key"] table with values = [...] or low/high')
         params = {}
-    for key, table in params.items():
+    for key, table in _param_tables(params).items():
         problems += _param(spec, key, table)
 
     fixed = raw.get("set", {})
@@ -220,6 +220,19 @@ def load_sweep(path: str | Path, *, name: str | None = None) -> SweepSpec:
         raise ConfigError(problems, source=source)
     _check_trial_configs(spec, early, source)
     return spec
+
+
+def _param_tables(params: dict, prefix: str = "") -> dict:
+    """``[params."optimizer.lr"]`` and the unquoted ``[params.optimizer.lr]`` (nested tables) alike."""
+    out = {}
+    for key, table in params.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(table, dict) and table and not set(table) & set(PARAM_KEYS) \
+                and all(isinstance(v, dict) for v in table.values()):
+            out.update(_param_tables(table, name))
+        else:
+            out[name] = table
+    return out
 
 
 def _param(spec: SweepSpec, key: str, table) -> list[str]:
