@@ -159,6 +159,23 @@ def test_encode_matches_slow_reference(small, tricky, text):
         assert tok.encode(text) == expected  # cached path
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(_tricky_text, _any_text))
+def test_first_pass_numpy_spans_match_reference(small, tricky, monkeypatch, text):
+    """The first-pass path (distinct fields pre-tokenized together, ids gathered with numpy), forced on
+    every text, and the second pass that fills the field cache from it, equal the reference."""
+    import lm.tokenizer.tokenizer as module
+
+    monkeypatch.setattr(module, "_FRESH_MIN_FIELDS", 1)
+    monkeypatch.setattr(module, "_FRESH_MAX_CACHED", 1 << 30)
+    for tok in (small, tricky):
+        expected = reference_encode(text, tok.vocab, tok.merges, [EOT])
+        fresh = Tokenizer(tok.vocab, tok.merges, [EOT])
+        assert fresh.encode(text) == expected
+        assert fresh.encode(text) == expected  # pre-tokens known: fills the field cache
+        assert tok.encode(text) == expected
+
+
 def test_field_cache_clearing_keeps_results(monkeypatch):
     monkeypatch.setattr(Tokenizer, "CACHE_MAX_ENTRIES", 8)
     vocab = {i: bytes([i]) for i in range(256)}

@@ -91,6 +91,7 @@ def check_rules(cfg: ExperimentConfig, ck, base_dir: Path | None) -> None:
     need(bool(_DEVICE_RE.fullmatch(tr.device)), f"training.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or "
          f"'mps', got {tr.device!r}", "training.device")
     need(tr.max_time >= 0, f"training.max_time must be >= 0 (0 = no limit), got {tr.max_time}", "training.max_time")
+    need(tr.threads >= 0, f"training.threads must be >= 0 (0 = cores - 1), got {tr.threads}", "training.threads")
 
     e, c = cfg.eval, cfg.checkpoint
     need(e.every >= 0, f"eval.every must be >= 0 (0 = only at the end), got {e.every}", "eval.every")

@@ -210,6 +210,9 @@ class TrainingConfig:
     """'auto': bf16 autocast where the device supports it (CUDA), fp32 on MPS and CPU."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the model: 'auto' is on for CUDA, off for MPS and CPU."""
+    threads: int = 0
+    """CPU threads for torch (0 = one fewer than the cores, at least 1: spinning threads
+    that compete with other processes for every core slow small models down severely)."""
     max_time: float = 0.0
     """Stop (with a final eval and checkpoint) after this many seconds of training (0 = no limit)."""
     log_every: int = 10

@@ -16,7 +16,7 @@ for a merges list; GPT-2's and every list ``train_bpe`` makes pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import accumulate, chain
+from itertools import chain
 
 import numpy as np
 
@@ -54,20 +54,35 @@ class BatchBpe:
         small = (pairs[:, 0] < side) & (pairs[:, 1] < side)
         self._dense[pairs[small, 0], pairs[small, 1]] = np.flatnonzero(small)
 
-    def _pair_ranks(self, ids: np.ndarray, word: np.ndarray) -> np.ndarray:
-        """Rank of each adjacent pair (ids[i], ids[i+1]), INF across words or for non-merges; length n."""
-        left, right = ids[:-1], ids[1:]
-        rank = np.full(len(ids), _INF)
+    def _lookup(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Rank of each pair (left[i], right[i]), INF for pairs that are not merges."""
+        rank = np.full(len(left), _INF)
         side = self._dense_side
         small = (left < side) & (right < side)
-        rank[:-1][small] = self._dense[left[small], right[small]]
+        rank[small] = self._dense[left[small], right[small]]
         large = np.flatnonzero(~small)
         if len(large) and len(self._keys):
             key = left[large] * self._width + right[large]
             at = np.minimum(np.searchsorted(self._keys, key), len(self._keys) - 1)
             rank[large] = np.where(self._keys[at] == key, self._ranks[at], _INF)
+        return rank
+
+    def _pair_ranks(self, ids: np.ndarray, word: np.ndarray) -> np.ndarray:
+        """Rank of each adjacent pair (ids[i], ids[i+1]), INF across words or for non-merges; length n."""
+        rank = np.full(len(ids), _INF)
+        rank[:-1] = self._lookup(ids[:-1], ids[1:])
         rank[:-1][word[1:] != word[:-1]] = _INF
         return rank
+
+    def _ranks_at(self, ids: np.ndarray, word: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """``_pair_ranks(ids, word)[pos]``, computed for those positions only."""
+        out = np.full(len(pos), _INF)
+        inside = np.flatnonzero(pos + 1 < len(ids))
+        p = pos[inside]
+        same = word[p] == word[p + 1]
+        p = p[same]
+        out[inside[same]] = self._lookup(ids[p], ids[p + 1])
+        return out
 
     def encode(self, words: Sequence[bytes], max_rounds: int | None = None) -> list[tuple[int, ...]]:
         """The token ids of each byte string (each must be non-empty), as tuples.
@@ -79,6 +94,7 @@ class BatchBpe:
         lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         ids = self._byte_ids[np.frombuffer(b"".join(words), dtype=np.uint8)]
         word = np.repeat(np.arange(len(words), dtype=np.int64), lengths)
+        rank = self._pair_ranks(ids, word)
         done_words, done_ids = [], []
         rounds = 0
         while len(ids):
@@ -87,25 +103,44 @@ class BatchBpe:
                 done_ids.append(ids)
                 break
             rounds += 1
-            rank = self._pair_ranks(ids, word)
             starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
             seg_len = np.diff(np.r_[starts, len(ids)])
-            lowest = np.minimum.reduceat(rank, starts)
-            finished = np.repeat(lowest == _INF, seg_len)
-            # Occurrences of each word's lowest pair. Two in a row overlap (a pair (x, x)
-            # in "x x x"): in each run keep the 1st, 3rd, ... as left-to-right merging does.
-            cand = (rank == np.repeat(lowest, seg_len)) & ~finished
-            pos = np.arange(len(ids))
-            run_start = np.maximum.accumulate(np.where(cand & ~np.r_[False, cand[:-1]], pos, 0))
-            chosen = np.flatnonzero(cand & ((pos - run_start) % 2 == 0))
+            lowest = np.repeat(np.minimum.reduceat(rank, starts), seg_len)
+            finished = lowest == _INF
+            chosen = np.flatnonzero((rank == lowest) & ~finished)
+            if len(chosen) > 1 and (chosen[1:] == chosen[:-1] + 1).any():
+                chosen = self._without_overlaps(chosen, len(ids))
             done_words.append(word[finished])
             done_ids.append(ids[finished])
             ids[chosen] = self._result[rank[chosen]]
             keep = ~finished
             keep[chosen + 1] = False
-            ids, word = ids[keep], word[keep]
-        all_words = np.concatenate(done_words) if done_words else np.zeros(0, np.int64)
-        order = np.argsort(all_words, kind="stable")  # a word's ids finish together, in order
-        flat = np.concatenate(done_ids)[order].tolist() if done_ids else []
-        bounds = list(accumulate(np.bincount(all_words, minlength=len(words)).tolist(), initial=0))
-        return list(map(tuple, map(flat.__getitem__, map(slice, bounds, bounds[1:]))))
+            new_pos = np.cumsum(keep) - 1
+            ids, word, rank = ids[keep], word[keep], rank[keep]
+            # only the pairs that end or start at a merged token changed
+            merged = new_pos[chosen]
+            touched = np.concatenate([merged[merged > 0] - 1, merged])
+            rank[touched] = self._ranks_at(ids, word, touched)
+        if not done_words:
+            return []
+        # A word's ids finish in one round, in order: one run in the concatenation.
+        all_words = np.concatenate(done_words)
+        runs = np.flatnonzero(np.r_[True, all_words[1:] != all_words[:-1]])
+        start = np.empty(len(words), dtype=np.int64)
+        start[all_words[runs]] = runs
+        end = start + np.bincount(all_words, minlength=len(words))
+        flat = np.concatenate(done_ids).tolist()
+        return list(map(tuple, map(flat.__getitem__, map(slice, start.tolist(), end.tolist()))))
+
+    @staticmethod
+    def _without_overlaps(chosen: np.ndarray, n: int) -> np.ndarray:
+        """Occurrences of a pair (x, x) in a run "x x x" overlap: keep the 1st, 3rd, ... as left-to-right merging does.
+
+        Consecutive positions in ``chosen`` are always in the same word (a pair's
+        rank is INF across words) and hold the same pair (each word's lowest).
+        """
+        cand = np.zeros(n, dtype=bool)
+        cand[chosen] = True
+        pos = np.arange(n)
+        run_start = np.maximum.accumulate(np.where(cand & ~np.r_[False, cand[:-1]], pos, 0))
+        return np.flatnonzero(cand & ((pos - run_start) % 2 == 0))

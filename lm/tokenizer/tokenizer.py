@@ -12,11 +12,15 @@ order. Text repeats its words, so work is cached at two levels:
 * pre-tokens: BPE runs once per distinct pre-token; many new ones at once go
   through numpy rounds (:mod:`lm.tokenizer.bpe_batch`).
 
-The regex runs only over the fields not seen before, all at once.
+The regex runs only over the fields not seen before, all at once. A first
+large text (empty field cache) skips the per-field lists: its distinct fields
+are pre-tokenized together and its ids gathered with numpy
+(:mod:`lm.tokenizer.field_ids`).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import json
@@ -54,13 +58,16 @@ _REPLACEMENT = "\ufffd".encode("utf-8")
 _STREAM_BUFFER_CHARS = 1 << 16
 # Below this many new pre-tokens, BPE one by one beats the fixed cost of numpy rounds.
 _BATCH_MIN_PIECES = 500
+# Merge lists this long build the numpy tables at construction (small ones on first use).
+_EAGER_BATCH_MERGES = 4096
 # Pre-tokens longer than this (runs of symbols or spaces, blobs without spaces) get a
 # few numpy rounds, then a heap: the plain loop costs time quadratic in their length.
 _LONG_PIECE_BYTES = 256
 _LONG_PIECE_ROUNDS = 32
-# A text this long met with fewer pre-tokens than this cached is encoded without fields.
-_COLD_PIECES = 4096
-_COLD_TEXT_CHARS = 1 << 16
+# A text of at least this many fields, met while the field cache holds fewer than
+# _FRESH_MAX_CACHED, is encoded through numpy spans of its distinct fields (first pass).
+_FRESH_MIN_FIELDS = 2048
+_FRESH_MAX_CACHED = 4096
 
 
 class _PieceCache(dict):
@@ -156,6 +163,9 @@ class Tokenizer:
                 self._rounds_exact = False
             made_at[im] = rank
         self._batch = None  # numpy BPE for many new pre-tokens at once, built on first use
+        if self._rounds_exact and len(self._merges) >= _EAGER_BATCH_MERGES:
+            # a fixed cost of the merges list (~20 ms for GPT-2's), paid once here, not by the first text
+            self._batch_bpe()
         self._splitter = special_splitter(self._special_tokens)
         self._cache = _PieceCache(self._bpe, self.CACHE_MAX_ENTRIES)
         self._field_cache: dict[str, list[int]] = {}  # values are never mutated
@@ -318,22 +328,23 @@ class Tokenizer:
                     heapq.heappush(heap, (rh, h))
         return tuple(compress(ids, alive))
 
-    def _bpe_many(self, pieces: list[str]) -> None:
-        """Put the ids of the pre-tokens not yet cached into the cache, with numpy when there are many."""
+    def _bpe_many(self, pieces: list[str]) -> int:
+        """Put the ids of the pre-tokens not yet cached into the cache, with numpy when there are many.
+
+        Returns how many distinct pre-tokens were not cached."""
         cache = self._cache
         new = set(pieces).difference(cache)
-        if len(new) < _BATCH_MIN_PIECES:
-            return  # the per-piece path (cache misses) is cheaper
-        if not self._rounds_exact:
-            return
+        if len(new) < _BATCH_MIN_PIECES or not self._rounds_exact:
+            return len(new)  # few: the per-piece path (cache misses) is cheaper
         new_pieces = list(new)
         try:
             raw = list(map(str.encode, new_pieces))
         except UnicodeEncodeError:
-            return  # a lone surrogate: the per-piece path reports it
+            return len(new)  # a lone surrogate: the per-piece path reports it
         if len(cache) + len(new_pieces) > self.CACHE_MAX_ENTRIES:
             cache.clear()
         cache.update(zip(new_pieces, self._batch_bpe().encode(raw)))
+        return len(new)
 
     def _batch_bpe(self):
         """The numpy BPE (:class:`lm.tokenizer.bpe_batch.BatchBpe`), built on first use."""
@@ -342,12 +353,6 @@ class Tokenizer:
 
             self._batch = BatchBpe(self._merge_pairs, self._merge_result, self._byte_ids, self.vocab_size)
         return self._batch
-
-    def _encode_pieces(self, text: str) -> list[int]:
-        """Ids of a text without special tokens, pre-token by pre-token (no field cache)."""
-        pieces = PRETOKEN_RE.findall(text)
-        self._bpe_many(pieces)
-        return list(chain.from_iterable(map(self._cache.__getitem__, pieces)))
 
     def _fill_fields(self, fields: list[str]) -> None:
         """Add the ids of new fields (see :func:`cut_fields`) to the field cache, running the regex once.
@@ -381,13 +386,10 @@ class Tokenizer:
         whitespace and punctuation, costs one dict lookup; the regex runs only
         on fields not seen before, all at once.
         """
-        if len(self._cache) < _COLD_PIECES and len(text) >= _COLD_TEXT_CHARS:
-            # First sight of a large text: most fields would be new, and filling the field
-            # cache costs more than running the regex over the text once. Fields pay off
-            # from the next text on, when their pre-tokens are already known.
-            return self._encode_pieces(text)
         fields = cut_fields(text)
         cache = self._field_cache
+        if len(fields) >= _FRESH_MIN_FIELDS and len(cache) < _FRESH_MAX_CACHED:
+            return self._encode_fresh(fields)
         parts = list(map(cache.get, fields))
         if not all(parts):  # a miss is None; hits are non-empty lists
             misses = list(compress(range(len(fields)), map(not_, parts)))
@@ -409,17 +411,59 @@ class Tokenizer:
                     parts[i] = cache[fields[i]]
         return list(chain.from_iterable(parts))
 
+    def _encode_fresh(self, fields: list[str]) -> list[int]:
+        """Ids of a text's fields while the field cache is (nearly) empty: a first pass.
+
+        Filling the field cache would cost a list per distinct field and a lookup
+        per field; instead the distinct fields (first-seen order, so a first
+        field that does not start at a safe cut stays first) are pre-tokenized
+        together and the ids gathered with numpy (:mod:`lm.tokenizer.field_ids`).
+        The field cache is filled only when most pre-tokens were already known
+        (a second text), so that later texts take the dict path.
+        """
+        import numpy as np
+
+        from lm.tokenizer.field_ids import field_spans, gather_spans
+
+        # one C-level pass: each field -> the position where it first occurs
+        first_at: dict[str, int] = {}
+        where = np.fromiter(map(first_at.setdefault, fields, count()), dtype=np.int64, count=len(fields))
+        distinct = list(first_at)  # first-seen order
+        slot = np.empty(len(fields), dtype=np.int64)
+        slot[np.fromiter(first_at.values(), dtype=np.int64, count=len(distinct))] = np.arange(len(distinct))
+        which = slot[where]  # index of each field in `distinct`
+        pieces = PRETOKEN_RE.findall("".join(distinct))
+        num_new = self._bpe_many(pieces)
+        piece_ids = list(map(self._cache.__getitem__, pieces))
+        flat, starts, lengths = field_spans(distinct, pieces, piece_ids)
+        if num_new * 4 <= len(distinct) and len(distinct) <= self.CACHE_MAX_ENTRIES:
+            cache = self._field_cache
+            if len(cache) + len(distinct) > self.CACHE_MAX_ENTRIES:
+                cache.clear()
+            ids = flat.tolist()
+            cache.update(zip(distinct, map(ids.__getitem__, map(slice, starts.tolist(), (starts + lengths).tolist()))))
+        return gather_spans(which, flat, starts, lengths).tolist()
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; occurrences of the special tokens become their ids."""
-        if self._splitter is None:
-            return self._encode_ordinary(text)
-        out: list[int] = []
-        for i, piece in enumerate(self._splitter.split(text)):
-            if i & 1:
-                out.append(self._special_ids[piece])
-            elif piece:
-                out.extend(self._encode_ordinary(piece))
-        return out
+        # Encoding allocates many lists that live on in the caches; the cyclic garbage
+        # collector would scan them, and the tokenizer's tables, again and again (a third
+        # of a first pass). Nothing here makes cycles, so it is paused, then restored.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if self._splitter is None:
+                return self._encode_ordinary(text)
+            out: list[int] = []
+            for i, piece in enumerate(self._splitter.split(text)):
+                if i & 1:
+                    out.append(self._special_ids[piece])
+                elif piece:
+                    out.extend(self._encode_ordinary(piece))
+            return out
+        finally:
+            if collecting:
+                gc.enable()
 
     def encode_chunks(self, iterable: Iterable[str]) -> Iterator[list[int]]:
         """Encode a stream of text pieces, yielding lists of ids; same ids as ``encode("".join(iterable))``.

@@ -130,7 +130,7 @@ class Trainer:
         """
         cfg = self.cfg
         self.policy = policy = self.policy or resolve_policy(cfg.training)
-        configure_backends(policy)
+        configure_backends(policy, cfg.training.threads)
         T = cfg.model.context_length
         for name, toks in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(toks) < T + 1:
