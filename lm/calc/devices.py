@@ -26,10 +26,17 @@ FALLBACK_CUDA = "generic-gpu"
 FALLBACK_OTHER = "cpu"
 GIB = 2**30  # memory sizes are binary (an "80 GB" H100 has 80 GiB); bandwidths are decimal GB/s
 
-_FIGURE_KEYS = ("memory_gib", "usable_memory_gib", "overhead_gib", "fragmentation", "bandwidth_gbs",
-                "launch_overhead_us")
+# The time model's factors (host costs and kernel efficiencies) live with the device they were
+# calibrated on; lm.calc.settings.Efficiency overrides any of them for one estimate.
+TIME_FIGURES = ("launch_overhead_us", "backward_launch", "einx_call_us", "cpp_launch_us", "matmul_efficiency",
+                "tf32_matmul_efficiency", "attention_efficiency", "bandwidth_efficiency")
+_FIGURE_KEYS = ("memory_gib", "usable_memory_gib", "overhead_gib", "fragmentation", "bandwidth_gbs", *TIME_FIGURES)
+_EFFICIENCY_FIGURES = ("matmul_efficiency", "tf32_matmul_efficiency", "attention_efficiency",
+                       "bandwidth_efficiency")  # in (0, 1]
 _REQUIRED_FIGURES = ("memory_gib", "bandwidth_gbs")
-_FIGURE_DEFAULTS = {"overhead_gib": 0.5, "fragmentation": 0.05, "launch_overhead_us": 10.0}
+_FIGURE_DEFAULTS = {"overhead_gib": 0.5, "fragmentation": 0.05, "launch_overhead_us": 10.0, "backward_launch": 1.0,
+                    "einx_call_us": 60.0, "cpp_launch_us": 5.0, "matmul_efficiency": 0.75, "attention_efficiency": 0.55,
+                    "bandwidth_efficiency": 0.8}
 _BOOL_KEYS = {"bf16_autocast": False, "compile": False, "flash_attention": False}
 _ENTRY_KEYS = {"title", "kind", "match", "aliases", "based_on", "peak_tflops", *_FIGURE_KEYS, *_BOOL_KEYS}
 
@@ -82,7 +89,22 @@ class DeviceProfile:
     usable_memory_gib: Figure | None = None
     overhead_gib: Figure = Figure(estimate=0.5)
     fragmentation: Figure = Figure(estimate=0.05)
-    launch_overhead_us: Figure = Figure(estimate=10.0)
+    launch_overhead_us: Figure = Figure(estimate=_FIGURE_DEFAULTS["launch_overhead_us"])
+    """Host time per eager forward op (Python, dispatcher, autograd recording, launch), microseconds."""
+    backward_launch: Figure = Figure(estimate=_FIGURE_DEFAULTS["backward_launch"])
+    """Host time per backward kernel (autograd's engine) relative to ``launch_overhead_us``."""
+    einx_call_us: Figure = Figure(estimate=_FIGURE_DEFAULTS["einx_call_us"])
+    """Host time of one einx call on top of the ops it dispatches (expression handling in Python)."""
+    cpp_launch_us: Figure = Figure(estimate=_FIGURE_DEFAULTS["cpp_launch_us"])
+    """Host time of a kernel issued from C++ with no Python of its own (autocast's casts, foreach chunks)."""
+    matmul_efficiency: Figure = Figure(estimate=_FIGURE_DEFAULTS["matmul_efficiency"])
+    """Fraction of the peak matmul FLOP/s (measured when known) the model's GEMMs reach."""
+    tf32_matmul_efficiency: Figure | None = None
+    """The same for fp32 training's TF32 GEMMs, where it differs (None: ``matmul_efficiency``)."""
+    attention_efficiency: Figure = Figure(estimate=_FIGURE_DEFAULTS["attention_efficiency"])
+    """Fraction of the peak a fused attention kernel reaches."""
+    bandwidth_efficiency: Figure = Figure(estimate=_FIGURE_DEFAULTS["bandwidth_efficiency"])
+    """Fraction of ``bandwidth_gbs`` that elementwise and optimizer kernels reach."""
     bf16_autocast: bool = False
     compile: bool = False
     flash_attention: bool = False
@@ -275,7 +297,9 @@ def _parse_entry(key: str, entry: dict, known: dict[str, DeviceProfile], label: 
     for name in _FIGURE_KEYS:
         if name in entry:
             fig = _parse_figure(f"[{key}] {name}", entry[name], problems)
-            if fig is not None:
+            if fig is not None and name in _EFFICIENCY_FIGURES and fig.value > 1:
+                problems.append(f"[{key}] {name} is a fraction of the peak and must be at most 1, got {fig.value:g}")
+            elif fig is not None:
                 fields[name] = fig
         elif not base and name in _REQUIRED_FIGURES:
             problems.append(f"[{key}] needs {name} (for example {name} = {{ datasheet = 24 }})")

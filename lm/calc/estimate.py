@@ -200,18 +200,30 @@ def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=No
     model, s = resolve_settings(exp_cfg_or_model_cfg, dev, batch_size=batch_size, context_length=context_length,
                                 dtype=dtype, grad_accum=grad_accum, activation_checkpointing=activation_checkpointing,
                                 compile=compile, grad_clip=grad_clip)
+    eff = eff.resolve(dev, s.dtype)  # unset factors from the device profile
     params = count_params(model)
     flops = count_flops(model, s.batch_size, s.context_length)
     act, mem = _memory(model, dev, s, params)
+    t = time_estimate(model, dev, s, eff, params, flops)
+    return Estimate(model, dev, s, eff, params, flops, act, mem, t, _verdict(model, dev, s, params, mem, t))
+
+
+def time_estimate(model: ModelConfig, dev: DeviceProfile, s: Settings, eff: Efficiency,
+                  params: ParamCount | None = None, flops: FlopCount | None = None) -> TimeEstimate:
+    """The time model alone (no memory, no verdict): what calibration fits call many times.
+
+    ``eff`` must be resolved for the device (:meth:`Efficiency.resolve`).
+    """
+    params = params or count_params(model)
+    flops = flops or count_flops(model, s.batch_size, s.context_length)
     fused = model.attention == "sdpa" and dev.flash_attention and sdpa_path(model, dev.kind) == "fused"
     ops = forward_ops(model, s.batch_size, s.context_length, autocast=s.dtype == "bf16",
                       exp_fp32=dev.kind != "cpu", fused_attention=fused, flash_backward=eff.flash_backward)
     groups = 2 if params.norms else 1  # decayed matrices and undecayed norm gains
     opt = optimizer_ops(params.total, params.num_tensors, grad_clip=s.grad_clip, multi_tensor=dev.kind == "cuda",
                         groups=groups)
-    t = estimate_time(ops, opt,
-                      grad_accumulate_op(params.total, params.num_tensors), flops, dev, s, eff)
-    return Estimate(model, dev, s, eff, params, flops, act, mem, t, _verdict(model, dev, s, params, mem, t))
+    return estimate_time(ops, opt, grad_accumulate_op(params.total, params.num_tensors), flops, dev, s, eff,
+                         num_layers=model.num_layers)
 
 
 def max_batch_size(exp_cfg_or_model_cfg, device, *, context_length=None, dtype=None, grad_accum=None,

@@ -23,10 +23,6 @@ from lm.config.schema import ModelConfig
 
 MATMUL_OPS = ("qkv", "attn_scores", "attn_values", "out_proj", "ffn", "lm_head")
 FLASH_BLOCK = 128  # query/key tile of fused attention kernels: they skip tiles above the diagonal
-# An einx call (parse-cached, but still Python: expression lookup, shape checks, the generated function)
-# costs the host about as much as this many plain eager op launches (measured on CPU: ~25 us vs ~3 us,
-# less the op itself).
-EINX_CALL = 6
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,9 @@ class Op:
     """Kernel launches of the backward per occurrence (issued by autograd's C++ engine)."""
     einx_calls: float = 0.0
     """einx calls per occurrence: host time on top of the launches (gone when compiled)."""
+    cpp_kernels: float = 0.0
+    """Of ``kernels``, those issued from C++ without a Python call of their own (autocast's casts,
+    a foreach op's chunks): priced at ``cpp_launch_us``, not like Python-level ops."""
 
     @property
     def is_matmul(self) -> bool:
@@ -90,11 +89,12 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
     ops: list[Op] = []
 
     def add(name, group, kind, count, flops, bytes_, kernels, *, causal=None, exec_=None, per_layer=False,
-            backward=2.0, einx_calls=0):
-        # Backward: about two kernels per forward kernel (a matmul's input and weight gradients).
+            backward=2.0, einx_calls=0, cpp_kernels=0):
+        # Backward: about two kernels per forward kernel (a matmul's input and weight gradients);
+        # one per autocast cast (the gradient cast back).
         ops.append(Op(name, group, kind, count, float(flops), float(flops if causal is None else causal),
                       float(flops if exec_ is None else exec_), float(bytes_), float(kernels), per_layer, backward,
-                      2.0 * kernels, float(einx_calls)))
+                      2.0 * (kernels - cpp_kernels) + cpp_kernels, float(einx_calls), float(cpp_kernels)))
 
     # --- embedding: a gather of N rows of d fp32 values
     add("embedding", "embeddings", "elementwise", 1, 0, N * d * 4 * 2 + N * 8, 1)
@@ -160,15 +160,16 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
         layer_weights = 4 * d * d + ffn_mats * d * f
         # fp32 -> bf16: each weight once per forward (autocast caches the copy), the
         # two fp32 matmul inputs per block, and the RoPE tables.
+        # The RoPE tables' .to() is a Python call in fp32 too (a no-op there); the rest autocast issues itself.
         add("casts", "other", "elementwise", L, 0, 6 * layer_weights + 2 * 6 * N * d, 2 + ffn_mats + 2 + 2,
-            per_layer=True)
+            per_layer=True, cpp_kernels=2 + ffn_mats + 2)
 
     # --- head
     if has_norm:
         add("ln_final", "norms", "elementwise", 1, 4 * N * d, 7 * N * d * R, 6)
     add("lm_head", "lm_head", "matmul", 1, 2 * N * d * V, a * (N * d + V * d + N * V), 1, einx_calls=1)
     if autocast:
-        add("head_casts", "other", "elementwise", 1, 0, 6 * (V * d + N * d), 2)
+        add("head_casts", "other", "elementwise", 1, 0, 6 * (V * d + N * d), 2, cpp_kernels=2)
     # F.cross_entropy(logits.float()): the upcast (under autocast), log_softmax (2 reads, 1 write), nll.
     loss_bytes = (6 if autocast else 0) * N * V + 12 * N * V
     add("loss", "loss", "elementwise", 1, 5 * N * V, loss_bytes, 4 if autocast else 3)
@@ -196,21 +197,29 @@ def optimizer_ops(num_params: int, num_tensors: int, *, grad_clip: bool, multi_t
     ``groups``: parameter groups (decayed matrices, undecayed vectors), each its own launches.
     """
     adam_lists = (2, 1, 3, 1, 2, 1, 3)  # tensor lists each of the seven foreach ops touches
+    # Python calls: seven foreach ops per group; clipping's two foreach ops and ~6 small tensor ops. The
+    # foreach ops issue their kernels from C++ (one per tensor chunk), priced as plain launches.
+    # The per-tensor Python loops (state lookups, the norms' .to()) are a few
+    # microseconds per tensor and left out.
+    adam_calls, clip_calls = len(adam_lists) * groups, 2 + 6
     if multi_tensor:
-        adam_kernels = groups * sum(_multi_tensor_launches(num_params, num_tensors, n) for n in adam_lists)
+        # The decayed group holds nearly all parameters; each other group (norm gains) needs one launch per op.
+        adam_kernels = (sum(_multi_tensor_launches(num_params, num_tensors, n) for n in adam_lists)
+                        + (groups - 1) * len(adam_lists))
         clip_kernels = sum(_multi_tensor_launches(num_params, num_tensors, n) for n in (1, 1)) + 6
     else:
         adam_kernels = len(adam_lists) * num_tensors
         clip_kernels = 2 * num_tensors + 6
     ops = [Op("adamw", "optimizer", "elementwise", 1, 12 * num_params, 12 * num_params, 12 * num_params,
-              72 * num_params, adam_kernels, backward_flops=0)]
+              72 * num_params, adam_kernels, backward_flops=0, cpp_kernels=max(0.0, adam_kernels - adam_calls))]
     if grad_clip:
         ops.append(Op("grad_clip", "optimizer", "elementwise", 1, 3 * num_params, 3 * num_params,
-                      3 * num_params, 12 * num_params, clip_kernels, backward_flops=0))
+                      3 * num_params, 12 * num_params, clip_kernels, backward_flops=0,
+                      cpp_kernels=max(0.0, clip_kernels - clip_calls)))
     return ops
 
 
 def grad_accumulate_op(num_params: int, num_tensors: int) -> Op:
     """Adding a micro-batch's gradients into .grad (every micro-batch after the first)."""
     return Op("grad_accumulate", "optimizer", "elementwise", 1, num_params, num_params, num_params,
-              12 * num_params, num_tensors, backward_flops=0)
+              12 * num_params, num_tensors, backward_flops=0, cpp_kernels=num_tensors)  # autograd adds them

@@ -2,13 +2,14 @@
 
 :class:`Settings` is what the memory and time models take besides the model
 config and the device. :class:`Efficiency` gathers the factors that turn
-peak hardware numbers into achievable ones; their defaults are documented in
-docs/perf/calc.md and meant to be recalibrated with bench/calc_vs_measured.py.
+peak hardware numbers into achievable ones and price the host's work; unset
+ones come from the device profile (docs/perf/calc.md says which are calibrated
+and how, with bench/calc_vs_measured.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from lm.errors import ConfigError
 
@@ -70,30 +71,56 @@ class Settings:
         return self.tokens * self.grad_accum
 
 
+# Efficiency fields whose default comes from the device profile (lm/calc/devices.toml), by profile key.
+PROFILE_FACTORS = {"matmul": "matmul_efficiency", "attention": "attention_efficiency",
+                   "bandwidth": "bandwidth_efficiency", "launch_overhead_us": "launch_overhead_us",
+                   "backward_launch": "backward_launch", "einx_call_us": "einx_call_us",
+                   "cpp_launch_us": "cpp_launch_us"}
+
+
 @dataclass(frozen=True)
 class Efficiency:
-    """Fractions of peak that real kernels reach, and fixed costs. All tunable.
+    """Fractions of peak that real kernels reach, and the host's fixed costs. All tunable.
 
-    Defaults are estimates for eager PyTorch on a modern GPU; calibrate them
-    from ``bench/calc_vs_measured.py`` (it prints suggested values).
+    A field left at None takes the device profile's figure (``devices.toml``:
+    calibrated on the H100 with ``bench/calc_vs_measured.py``, estimates
+    elsewhere); setting it overrides the profile for one estimate.
+    :meth:`resolve` fills the Nones in for a device.
     """
 
-    matmul: float = 0.75
-    """Fraction of the device's peak matmul FLOP/s that large GEMMs reach (of the measured peak when known)."""
-    attention: float = 0.55
+    matmul: float | None = None
+    """Fraction of the device's peak matmul FLOP/s that the model's GEMMs reach (of the measured peak when known)."""
+    attention: float | None = None
     """Fraction of peak a fused (flash) attention kernel reaches; small head sizes keep it below GEMMs."""
-    bandwidth: float = 0.80
-    """Fraction of datasheet memory bandwidth that elementwise kernels reach."""
+    bandwidth: float | None = None
+    """Fraction of datasheet memory bandwidth that elementwise and optimizer kernels reach."""
     launch_overhead_us: float | None = None
-    """Host cost per eager kernel launch, microseconds; None uses the device profile's figure."""
-    backward_launch: float = 0.5
-    """Host cost of a backward launch relative to a forward one (autograd's C++ engine issues them, no Python)."""
+    """Host time per eager forward op (Python, dispatcher, autograd recording, kernel launch), microseconds."""
+    backward_launch: float | None = None
+    """Host time per backward kernel relative to ``launch_overhead_us`` (autograd's C++ engine issues them)."""
+    einx_call_us: float | None = None
+    """Host time of one einx call on top of the ops it dispatches, microseconds (gone under torch.compile)."""
+    cpp_launch_us: float | None = None
+    """Host time of a kernel issued from C++ with no Python call of its own (autocast's casts, foreach chunks)."""
     compile_bytes: float = 0.5
     """With torch.compile, elementwise memory traffic is multiplied by this (fusion keeps values in registers)."""
     compile_kernels: float = 0.3
     """With torch.compile, the number of kernel launches is multiplied by this."""
     flash_backward: float = 2.5
     """A fused attention backward does this many times its forward FLOPs (it recomputes the scores)."""
+
+    def resolve(self, device, dtype: str = "bf16") -> Efficiency:
+        """A copy with every None replaced by ``device``'s profile figure (a DeviceProfile).
+
+        ``dtype``: the training dtype; fp32 on a device that runs it as TF32 takes the
+        profile's ``tf32_matmul_efficiency`` when it has one.
+        """
+        filled = {name: getattr(device, key).value for name, key in PROFILE_FACTORS.items()
+                  if getattr(self, name) is None}
+        tf32 = device.tf32_matmul_efficiency
+        if self.matmul is None and tf32 is not None and device.matmul_dtype(dtype) == "tf32":
+            filled["matmul"] = tf32.value
+        return replace(self, **filled)
 
     def problems(self) -> list[str]:
         out = []
@@ -103,7 +130,7 @@ class Efficiency:
                 continue
             if f.name in ("matmul", "attention", "bandwidth", "compile_bytes", "compile_kernels") and not 0 < v <= 1:
                 out.append(f"efficiency.{f.name} must be in (0, 1], got {v}")
-            elif f.name in ("launch_overhead_us", "backward_launch") and v < 0:
+            elif f.name in ("launch_overhead_us", "backward_launch", "einx_call_us", "cpp_launch_us") and v < 0:
                 out.append(f"efficiency.{f.name} must be >= 0, got {v}")
             elif f.name == "flash_backward" and v <= 0:
                 out.append(f"efficiency.{f.name} must be positive, got {v}")
