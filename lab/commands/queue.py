@@ -8,6 +8,7 @@ per GPU box sharing a disk, or ``--workers N`` in one) never take the same run.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "A runner that was killed resumes its interrupted runs from their checkpoints when restarted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--runs-dir", default="runs", help=RUNS_DIR_HELP)
+    p.add_argument("--runs-dir", default=os.environ.get("LAB_RUNS_DIR", "runs"), help=RUNS_DIR_HELP)
     sub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
 
     a = sub.add_parser("add", help="add experiment files (each with the same --set overrides)")

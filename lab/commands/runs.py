@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -11,7 +12,7 @@ import time
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("runs", help="list runs with status, steps, best val loss and bits/byte",
                               description="List the run directories under the runs folder, newest first.")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="folder holding run directories (default: runs)")
+    p.add_argument("--runs-dir", default=os.environ.get("LAB_RUNS_DIR", "runs"), metavar="DIR", help="folder holding run directories (default: runs)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     return p
 
