@@ -44,7 +44,7 @@ def test_check_reports_each_file(tmp_path, in_repo, capsys):
     bad.write_text("[model]\nd_model = 100\nnum_heads = 3\n")
     assert main(["config", "check", "experiments/quickstart.toml", "experiments/ablations/nope.toml"]) == 0
     out = capsys.readouterr().out
-    assert out.count("ok  ") == 2 and "1.6M tokens" in out
+    assert out.count("ok  ") == 2 and "0.8M tokens" in out
     assert main(["config", "check", "experiments/quickstart.toml", str(bad)]) == 2
     captured = capsys.readouterr()
     assert "ok  experiments/quickstart.toml" in captured.out
