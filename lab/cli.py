@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and study small transformer LMs. With no command, opens the console (TUI).",
     )
     parser.add_argument("--version", action="version", version="lab 0.1.0")
+    parser.add_argument("--runs-dir", dest="console_runs_dir", default=None, metavar="DIR",
+                        help="runs folder the console watches (default: runs, or $LAB_RUNS_DIR)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
         try:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         from lab.tui.launch import open_console
 
-        return _guard(lambda: open_console())
+        return _guard(lambda: open_console(runs_dir=args.console_runs_dir))
     return _guard(lambda: args._run(args))
 
 

@@ -1,0 +1,1 @@
+"""Modal screens of the console: help, the quit question, a one-line prompt."""

@@ -1,0 +1,1 @@
+"""One module per tab of the console: config, monitor, calculator, queue, chat."""

@@ -1,0 +1,1 @@
+"""Widgets of the console that are not tied to one tab (charts)."""
