@@ -67,6 +67,10 @@ async def _settled(pilot, tab: str) -> None:
     elif tab == "queue":
         pane = app.query_one("#queue-pane")
         await wait_for(pilot, lambda: len(pane.entries) == 3 and app.query_one("#compare-table").row_count == 2)
+        # The chart is sized when a read is queued; read once more now that layout is final.
+        await wait_for(pilot, lambda: not pane._busy)
+        pane.refresh_now()
+        await wait_for(pilot, lambda: not pane._busy)
     elif tab == "chat":
         await wait_for(pilot, lambda: str(app.query_one("#chat-run").value).endswith("baseline-20250101-120000"))
     await pilot.pause(0.3)
