@@ -363,3 +363,22 @@ def test_lone_surrogate_is_a_clear_error(small):
 
     with pytest.raises(TokenizerError, match="surrogate"):
         small.encode("bad \ud800 text")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list("ab Z9.,'\n\t\r\x0b\x0c\x1c\x1d\x1e\x1f") + ["  ", "'s", "\r\n", "the"]),
+                max_size=200).map("".join))
+def test_ascii_field_cutting_equals_the_string_path(text):
+    """The numpy first-pass cut gives exactly the distinct fields of the string cut."""
+    from lm.tokenizer.field_ids import ascii_distinct_fields, distinct_fields
+    from lm.tokenizer.pretokenize import cut_fields
+
+    if not text.isascii():
+        return
+    fast = ascii_distinct_fields(text, 1)
+    if fast is None:  # too short or a hash collision: the caller takes the string path
+        return
+    distinct, which = fast
+    ref_distinct, ref_which = distinct_fields(cut_fields(text))
+    assert distinct == ref_distinct
+    assert which.tolist() == ref_which.tolist()

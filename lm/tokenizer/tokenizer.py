@@ -386,10 +386,18 @@ class Tokenizer:
         whitespace and punctuation, costs one dict lookup; the regex runs only
         on fields not seen before, all at once.
         """
-        fields = cut_fields(text)
         cache = self._field_cache
+        if len(cache) < _FRESH_MAX_CACHED and len(text) >= _FRESH_MIN_FIELDS and text.isascii():
+            from lm.tokenizer.field_ids import ascii_distinct_fields  # numpy, only when needed
+
+            indexed = ascii_distinct_fields(text, _FRESH_MIN_FIELDS)
+            if indexed is not None:
+                return self._encode_fresh(*indexed)
+        fields = cut_fields(text)
         if len(fields) >= _FRESH_MIN_FIELDS and len(cache) < _FRESH_MAX_CACHED:
-            return self._encode_fresh(fields)
+            from lm.tokenizer.field_ids import distinct_fields
+
+            return self._encode_fresh(*distinct_fields(fields))
         parts = list(map(cache.get, fields))
         if not all(parts):  # a miss is None; hits are non-empty lists
             misses = list(compress(range(len(fields)), map(not_, parts)))
@@ -411,8 +419,12 @@ class Tokenizer:
                     parts[i] = cache[fields[i]]
         return list(chain.from_iterable(parts))
 
-    def _encode_fresh(self, fields: list[str]) -> list[int]:
-        """Ids of a text's fields while the field cache is (nearly) empty: a first pass.
+    def _encode_fresh(self, distinct: list[str], which) -> list[int]:
+        """Ids of a text while the field cache is (nearly) empty: a first pass.
+
+        ``distinct`` are the text's distinct fields, first-seen order, ``which``
+        (numpy) the index in it of each field of the text
+        (:func:`lm.tokenizer.field_ids.distinct_fields`).
 
         Filling the field cache would cost a list per distinct field and a lookup
         per field; instead the distinct fields (first-seen order, so a first
@@ -421,17 +433,8 @@ class Tokenizer:
         The field cache is filled only when most pre-tokens were already known
         (a second text), so that later texts take the dict path.
         """
-        import numpy as np
-
         from lm.tokenizer.field_ids import field_spans, gather_spans
 
-        # one C-level pass: each field -> the position where it first occurs
-        first_at: dict[str, int] = {}
-        where = np.fromiter(map(first_at.setdefault, fields, count()), dtype=np.int64, count=len(fields))
-        distinct = list(first_at)  # first-seen order
-        slot = np.empty(len(fields), dtype=np.int64)
-        slot[np.fromiter(first_at.values(), dtype=np.int64, count=len(distinct))] = np.arange(len(distinct))
-        which = slot[where]  # index of each field in `distinct`
         pieces = PRETOKEN_RE.findall("".join(distinct))
         num_new = self._bpe_many(pieces)
         piece_ids = list(map(self._cache.__getitem__, pieces))
