@@ -1,14 +1,17 @@
 """Decoding speed at batch 1: tokens/s of a reply, cold (first after loading) and warm.
 
-Three ways to generate the same number of tokens from the same random-weight model:
+Ways to generate the same number of tokens from the same random-weight model:
 
-  (a) naive   nanoGPT-style: a full forward over the whole growing sequence per token (the baseline)
-  (b) eager   lm.generate.Decoder: prompt read once into the KV cache, then one token per step
-  (c) graph   the same decoder with its one-token step captured in a CUDA graph (CUDA only)
+  (a)   naive        nanoGPT-style: a full forward over the whole growing sequence per token (the baseline)
+  (b)   eager        lm.generate.Decoder: prompt read once into the KV cache, then one token per step
+  (c)   graph        the same decoder with its one-token step captured in a CUDA graph (CUDA only)
+  (c'') graph-torch  (c) with the torch version of the fused step instead of its Triton kernels
+  (b'), (c')         eager-model, graph-model: (b), (c) with TransformerLM.forward as the step
 
-(b) and (c) use the decoder's fused one-token step (lm.generate.FusedStep);
-eager-model and graph-model run TransformerLM.forward for the step instead,
-to show what the kernel count of a step costs.
+(b) and (c) use the decoder's fused one-token step: Triton kernels on CUDA
+(lm.decode_kernels.TritonStep, with the sampler) where Triton is installed,
+else its torch version (lm.fused_step.FusedStep). The -model modes show what
+the kernel count of a plain forward costs.
 
 "cold" is the first reply after the weights are on the device: it includes the
 decoder's buffers, any warm-up and the CUDA graph capture. "warm" is the median
@@ -21,8 +24,11 @@ vocab 50257, context 1024; weights bf16 on CUDA):
     python3 bench/decode.py                        # H100: the numbers of docs/perf/decode.md
     python3 bench/decode.py --preset tiny          # CPU-sized smoke run
     python3 bench/decode.py --modes eager,graph --new-tokens 512 --top-p 0.9
+    python3 bench/decode.py --check                # logits of every step vs full forwards, every ablation
+    python3 bench/decode.py --profile              # kernels and GPU time of one replayed step
 
-Needs only torch, numpy, einx and regex.
+Needs only torch, numpy, einx and regex (and Triton, which CUDA builds of torch bring, for the
+Triton step).
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODES = {"naive": "(a) naive loop, no cache", "eager": "(b) KV cache, eager",
-         "graph": "(c) KV cache + CUDA graph", "eager-model": "(b') eager, model.forward step",
-         "graph-model": "(c') CUDA graph, model.forward step"}
+         "graph": "(c) KV cache + CUDA graph", "graph-torch": "(c'') CUDA graph, torch fused step",
+         "eager-model": "(b') eager, model.forward step", "graph-model": "(c') CUDA graph, model.forward step"}
 # Peak memory bandwidth by GPU name, for the time-to-read-the-weights floor.
 BANDWIDTH = {"H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12,
              "RTX 4090": 1.0e12, "L40S": 0.864e12}
@@ -65,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="instead of timing: check on this device that the decoder (CUDA graph, fused step) gives "
                         "the logits and greedy tokens of a full forward pass, for every ablation switch, in fp32")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing replies: profile the replayed CUDA-graph step (kernels per step, GPU "
+                        "time per step for each attention window, the costliest kernels)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -134,9 +143,12 @@ def measure(mode: str, args) -> dict:
                 gen = torch.Generator(device=dev).manual_seed(0)
                 return naive_reply(model, prompt.to(dev), args.new_tokens, args, gen)
         if decoder is None:
-            decoder = Decoder(model, cuda_graphs=mode.startswith("graph"), fused=not mode.endswith("-model"))
+            decoder = Decoder(model, cuda_graphs=mode.startswith("graph"), fused=not mode.endswith("-model"),
+                              kernels="torch" if mode.endswith("-torch") else "auto")
             if not mode.endswith("-model") and decoder.fused_problem:
                 notices.append(f"fused step not used: {decoder.fused_problem}")
+            notices.append(f"step: {decoder.step_kind}" + (f" (Triton: {decoder.triton_problem})"
+                                                            if decoder.step_kind == "torch" else ""))
         out = []
         for ev in decoder.tokens(prompt[0].tolist(), params):
             if isinstance(ev, Decoded):
@@ -154,7 +166,8 @@ def measure(mode: str, args) -> dict:
         assert len(tokens) == args.new_tokens
     return {"mode": mode, "cold_s": times[0], "warm_s": statistics.median(times[1:]) if args.warm_runs else None,
             "tokens": tokens, "notices": notices, "device": describe_device(dev, dt),
-            "params": model.num_params(), "bytes_per_token": bytes_read_per_token(model)}
+            "params": model.num_params(),
+            "bytes_per_token": bytes_read_per_token(model, args.prompt_tokens - 1, args.new_tokens)}
 
 
 def describe_device(dev, dt) -> str:
@@ -164,15 +177,22 @@ def describe_device(dev, dt) -> str:
     return f"{name} {str(dt).removeprefix('torch.')}, torch {torch.__version__}"
 
 
-def bytes_read_per_token(model) -> dict:
-    """Weights a decode step reads (the embedding table only by one row) and the KV cache it scans."""
+def bytes_read_per_token(model, first: int, n: int) -> dict:
+    """Weights a decode step reads (the embedding table only by one row) and the KV cache it scans.
+
+    The Triton step's attention reads the cache up to the position, so the KV
+    bytes are those of the filled prefix, averaged over the positions
+    first..first+n-1 of a reply (the torch fused step reads a power-of-two
+    window around it, the model's forward the whole cache).
+    """
     c = model.cfg
     elt = next(model.parameters()).element_size()
     weights = sum(p.numel() for p in model.parameters()) * elt
     if not c.tie_embeddings:
         weights -= model.token_embeddings.weight.numel() * elt
-    kv = 2 * c.num_layers * c.context_length * c.d_model * elt  # every slot is scanned; masked ones too
-    return {"weights": weights, "kv_cache": kv}
+    slots = sum(min(p + 1, c.context_length) for p in range(first, first + n)) / n
+    kv = 2 * c.num_layers * slots * c.d_model * elt
+    return {"weights": weights, "kv_cache": kv, "kv_full": 2 * c.num_layers * c.context_length * c.d_model * elt}
 
 
 def run_child(mode: str, args) -> dict:
@@ -226,6 +246,7 @@ def report(results: list[dict], args) -> None:
         b = first["bytes_per_token"]
         total = b["weights"] + b["kv_cache"]
         line = (f"\nread per token: weights {b['weights'] / 1e6:.0f} MB + KV cache {b['kv_cache'] / 1e6:.0f} MB "
+                f"(the filled prefix on average; the whole cache is {b.get('kv_full', 0) / 1e6:.0f} MB) "
                 f"= {total / 1e6:.0f} MB")
         bw = next((v for k, v in BANDWIDTH.items() if k in first["device"]), None)
         if bw:
@@ -256,9 +277,13 @@ def check(args) -> int:
         cfg = dataclasses.replace(base, **change)
         torch.manual_seed(0)
         model = TransformerLM(cfg, device=dev).eval()
-        for graphs, fused in ((True, True), (True, False), (False, True)):
-            dec = Decoder(model, cuda_graphs=graphs, fused=fused, chunk=1)
+        for graphs, fused, kernels in ((True, True, "auto"), (True, True, "torch"), (True, False, "auto"),
+                                       (False, True, "auto"), (False, True, "torch")):
+            if kernels == "torch" and (dev.type != "cuda" or name == "post-norm"):
+                continue  # the same step as "auto" there
+            dec = Decoder(model, cuda_graphs=graphs, fused=fused, chunk=1, kernels=kernels)
             dec.depth = 1  # read each step's logits before the next step runs
+            dec.min_window = 8  # attention windows 8, 16, 32 and 48 (the context) all get used
             n = 2 * cfg.context_length  # overflows once or twice on the way
             prompt = [3, 1, 4, 1, 5, 9, 2, 6]
             worst, not_argmax, hist = 0.0, 0, list(prompt)
@@ -276,21 +301,83 @@ def check(args) -> int:
                     not_argmax += bool(ref[ev.token_id] < ref.max() - 1e-3)  # near-ties may go either way
                     hist.append(ev.token_id)
             captured = bool(dec._graphs)
+            windows = sorted({w for _, w in dec._graphs if w})
             ok = not_argmax == 0 and worst < 1e-3 and captured == (graphs and dev.type == "cuda")
             failures += not ok
             graph = ("captured" if captured else "NOT CAPTURED" if graphs and dev.type == "cuda"
                      else "n/a" if graphs else "off")
-            print(f"{'ok  ' if ok else 'FAIL'} {name:16} graph={graph:8} fused={fused!s:5} "
+            print(f"{'ok  ' if ok else 'FAIL'} {name:16} graph={graph:8} step={dec.step_kind:6} "
                   f"max |logit diff| {worst:.2e}, {n - not_argmax}/{n} greedy tokens are the argmax"
+                  f"{f', windows {windows}' if windows else ''}"
                   f"{'; ' + dec.fused_problem if fused and dec.fused_problem else ''}")
+            if dec.step_kind == "torch" and kernels == "auto" and dev.type == "cuda":
+                print(f"     (Triton step not used: {dec.triton_problem})")
     print("all checks passed" if not failures else f"{failures} check(s) FAILED")
     return 1 if failures else 0
+
+
+def profile_step(args) -> int:
+    """torch.profiler over replays of each captured step graph of one reply: what a token costs on the GPU."""
+    import collections
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lm.generate import Decoder, SamplingParams
+    from lm.inference import resolve_device, resolve_dtype
+    from lm.model import TransformerLM
+
+    dev = resolve_device(args.device)
+    if dev.type != "cuda":
+        print("--profile needs a CUDA device")
+        return 2
+    cfg = model_config(args)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = TransformerLM(cfg, device=dev, dtype=resolve_dtype(args.dtype, dev)).eval()
+    dec = Decoder(model)
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_new_tokens=args.new_tokens, seed=0, stop_at_eos=False)
+    list(dec.tokens(list(range(1, args.prompt_tokens + 1)), params))  # captures this reply's graphs
+    steps = 50
+    print(f"{dec.step_kind} step, ", end="")
+    print(f"graph step of {args.preset} on {describe_device(dev, next(model.parameters()).dtype)}, sampling "
+          f"T={args.temperature} top_k={args.top_k} top_p={args.top_p}; {steps} replays per window\n")
+    for (mode, window), graph in sorted(dec._graphs.items(), key=lambda kv: kv[0][1] or 0):
+        dec.position.fill_(max(0, (window or cfg.context_length) - steps - 2))
+        graph.replay()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                if not mode[0] and (mode[2] or dec._sampler is None):  # as Decoder._launch: the torch sampler's noise
+                    dec.noise.exponential_(generator=dec.generator)
+                graph.replay()
+            torch.cuda.synchronize()
+        kernels = collections.defaultdict(lambda: [0, 0.0])
+        first = last = None
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                kernels[e.name][0] += 1
+                kernels[e.name][1] += e.time_range.elapsed_us()
+                first = min(first or e.time_range.start, e.time_range.start)
+                last = max(last or 0, e.time_range.end)
+        count = sum(k[0] for k in kernels.values()) / steps
+        busy = sum(k[1] for k in kernels.values()) / steps
+        span = (last - first) / steps if first is not None else 0.0
+        print(f"window {window or 'none (reads up to the position)'}: {count:.0f} kernels per token, "
+              f"GPU busy {busy:.0f} us, {span:.0f} us per token first kernel to last")
+    print("\ncostliest kernels (last window), us per token, count per token, us each:")
+    for name, (n, total) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:25]:
+        print(f"{total / steps:8.1f} {n / steps:6.1f} {total / n:7.2f}  {name[:110]}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.check:
         return check(args)
+    if args.profile:
+        return profile_step(args)
     os.environ.setdefault("OMP_NUM_THREADS", str(min(8, os.cpu_count() or 1)))
     if args.child:
         print(json.dumps(measure(args.child, args)))

@@ -1,15 +1,16 @@
-"""Text generation: KV-cache decoding, sampling and streamed text.
+"""Text generation: KV-cache decoding and streamed text.
 
 Three layers, each usable on its own:
 
-* sampling on logits (:func:`sampling_probs`, :func:`nucleus_mask`,
-  :func:`sample`): temperature, top-k, top-p, written with device tensors only
-  so they run inside a captured CUDA graph without a host sync;
+* sampling on logits (:mod:`lm.sampling`, re-exported here): temperature,
+  top-k, top-p, written with device tensors only so they run inside a captured
+  CUDA graph without a host sync;
 * :class:`Decoder`: token ids in, token ids out, batch 1. The prompt is read in
-  one pass into the model's preallocated KV cache, then one token per step.
-  A step (model forward, sampling, bookkeeping) reads and writes only static
-  buffers, so on CUDA it is captured once in a CUDA graph and replayed; the
-  host reads the sampled ids only every few tokens, pipelined;
+  one pass into the model's preallocated KV cache, then one token per step
+  (:class:`lm.fused_step.FusedStep`, or the model's own forward). A step
+  (forward, sampling, bookkeeping) reads and writes only static buffers, so on
+  CUDA it is captured once per attention window in a CUDA graph and replayed;
+  the host reads the sampled ids only every few tokens, pipelined;
 * :class:`Generator`: text in, streamed text out, with a tokenizer. Pieces
   never end inside a UTF-8 character, stop strings are never shown, and each
   piece carries its token id and probability.
@@ -20,17 +21,18 @@ from __future__ import annotations
 import codecs
 import collections
 import contextlib
-import dataclasses
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from lm.decode_kernels import TritonSampler, TritonStep, triton_step_problem, triton_usable
 from lm.errors import LabError
+from lm.fused_step import FUSED_STEP_KNOWS, FusedStep, fused_step_problem, joint_kv_caches  # noqa: F401
 from lm.inference import eos_token_id, token_byte_table
+from lm.sampling import (SamplingParams, nucleus_mask, pick_token, race, sample, sampling_probs,  # noqa: F401
+                         top_k_threshold)
 
 FINISH_REASONS = ("eos", "stop", "length")
 # When prompt + output outgrow the context, keep this fraction of it (the most recent tokens).
@@ -40,205 +42,23 @@ OVERFLOW_KEEP = 0.75
 MIN_PREFILL_BUCKET = 8
 # With a CUDA graph, prompts up to this many tokens are read by replaying the one-token step.
 GRAPH_PREFILL_MAX = 32
-
-
-# ----------------------------------------------------------------------------- parameters
-
-@dataclass
-class SamplingParams:
-    """How to pick each next token and when to stop."""
-
-    temperature: float = 0.8
-    """Divides the logits; 0 picks the most likely token (greedy)."""
-    top_p: float = 0.95
-    """Nucleus: sample from the smallest set of most likely tokens whose probability reaches top_p (1 = all)."""
-    top_k: int = 0
-    """Sample only from the k most likely tokens (0 = no limit)."""
-    max_new_tokens: int = 256
-    """Generate at most this many tokens."""
-    seed: int | None = None
-    """Seeds the sampler at the start of each reply, for reproducible text (None = a fresh random seed)."""
-    stop: tuple[str, ...] = ()
-    """Stop when the text contains one of these strings (they are not shown)."""
-    stop_at_eos: bool = True
-    """Stop at the end-of-text token."""
-
-    def problems(self) -> list[str]:
-        """Every invalid value, as readable sentences."""
-        out = []
-        t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
-            out.append(f"temperature must be a number >= 0 (0 = greedy), got {t!r}")
-        p = self.top_p
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not (0.0 < p <= 1.0):
-            out.append(f"top_p must be in (0, 1] (1 keeps every token), got {p!r}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            out.append(f"top_k must be an integer >= 0 (0 = no limit), got {self.top_k!r}")
-        n = self.max_new_tokens
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            out.append(f"max_new_tokens must be an integer >= 1, got {n!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
-                                      or self.seed < 0):
-            out.append(f"seed must be a non-negative integer or None, got {self.seed!r}")
-        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
-            out.append(f"stop must be a list of non-empty strings, got {self.stop!r}")
-        return out
-
-    def validate(self) -> "SamplingParams":
-        """Raise LabError naming every invalid value."""
-        if problems := self.problems():
-            raise LabError("invalid sampling parameters: " + "; ".join(problems) + ".")
-        return self
-
-
-# ----------------------------------------------------------------------------- sampling
-
-def nucleus_mask(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
-    """True for the tokens of the top-p nucleus of ``probs`` (..., V).
-
-    The nucleus is the smallest set of most likely tokens whose probability
-    reaches ``top_p``: a token is in it when the mass of the tokens sorted before
-    it is below ``top_p``, so the token that crosses the threshold is always in
-    and so is the most likely one. Tokens tied with the last one in are in too,
-    so the set never depends on how a sort orders equal probabilities. p = 1 keeps all.
-    """
-    sorted_probs = probs.sort(dim=-1, descending=True).values
-    mass_before = F.pad(sorted_probs.cumsum(-1)[..., :-1], (1, 0))  # exclusive cumulative sum
-    n_in = (mass_before < top_p).sum(-1, keepdim=True)  # >= 1
-    threshold = sorted_probs.gather(-1, n_in - 1)
-    return (probs >= threshold) | (top_p >= 1)  # p = 1 keeps even zero-probability tokens
-
-
-def sampling_probs(logits: torch.Tensor, temperature: float | torch.Tensor, top_k: int = 0,
-                   top_p: float | torch.Tensor | None = None) -> torch.Tensor:
-    """The distribution to sample from: softmax(logits / T), cut to top-k, then to the top-p nucleus.
-
-    ``logits`` (..., V) -> probabilities (..., V) summing to 1. top-k keeps ties
-    with the k-th token; ``top_p=None`` (or 1) skips the sort.
-    """
-    scaled = logits.float() / temperature
-    if 0 < top_k < scaled.shape[-1]:
-        kth = scaled.topk(top_k, dim=-1).values[..., -1:]
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)
-    if top_p is not None and not (isinstance(top_p, (int, float)) and top_p >= 1):
-        probs = probs * nucleus_mask(probs, top_p)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
-
-
-def race(probs: torch.Tensor, exponential_noise: torch.Tensor) -> torch.Tensor:
-    """Index of argmax(p_i / E_i) with E_i ~ Exp(1): token i wins with probability p_i / sum(p).
-
-    An exponential race instead of torch.multinomial: the noise is drawn into a
-    static buffer outside a CUDA graph with a seeded generator, and the graph
-    stays free of RNG state. (..., V) -> (..., 1).
-    """
-    return torch.argmax(probs / exponential_noise.clamp_min(1e-30), dim=-1, keepdim=True)
-
-
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
-           ) -> torch.Tensor:
-    """Sample token ids (..., 1) from ``logits`` (..., V) the way the decoder does."""
-    params.validate()
-    if params.temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    probs = sampling_probs(logits, params.temperature, params.top_k, params.top_p)
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return race(probs, noise)
-
-
-# ----------------------------------------------------------------------------- fused one-token step
-
-def fused_step_problem(model: torch.nn.Module) -> str | None:
-    """Why :class:`FusedStep` cannot stand in for ``model``'s forward (None if it can)."""
-    from lm import model as M
-
-    if type(model) is not M.TransformerLM:
-        return f"{type(model).__name__} is not lm.model.TransformerLM"
-    unknown = {f.name for f in dataclasses.fields(model.cfg)} - FUSED_STEP_KNOWS
-    if unknown:
-        return f"model settings {sorted(unknown)} are unknown to the fused step"
-    for layer in model.layers:
-        parts = [(layer, M.TransformerBlock), (layer.attn, M.CausalSelfAttention)]
-        parts += [(layer.ffn, M.SwiGLU if model.cfg.ffn == "swiglu" else M.SiLUMLP)]
-        parts += [(getattr(layer, n, None), M.RMSNorm) for n in ("ln1", "ln2") if model.cfg.norm != "none"]
-        if any(type(m) is not cls for m, cls in parts):
-            return "the model's layers are not the ones the fused step was written for"
-    return None
-
-
-FUSED_STEP_KNOWS = {"vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta",
-                    "norm", "position", "ffn", "tie_embeddings", "attn_dropout", "resid_dropout", "attention",
-                    "rmsnorm_eps"}
-
-
-class FusedStep:
-    """``model(token, position, caches)`` for one token, in about a third of the kernels.
-
-    At batch 1 a decode step's GPU time is mostly kernel count (each costs a few
-    microseconds; reading all the weights ~0.1 ms), and TransformerLM.forward
-    spends ~50 small kernels per layer. Here: one fused RMSNorm, RoPE as
-    x*cos + swap(x)*sin on Q and K together with the tables and the mask built
-    once per step, residual adds folded into the output matmuls, no einx. The
-    same function of the same weights (the tests compare it with model.forward
-    for every ablation switch); attention is torch's SDPA for both kernels.
-    """
-
-    def __init__(self, model: torch.nn.Module, caches):
-        cfg = self.cfg = model.cfg
-        self.caches = caches
-        self.emb, self.head = model.token_embeddings.weight, model.lm_head.weight
-        dtype, dev = self.head.dtype, self.head.device
-        self.final = model.ln_final.weight if cfg.norm != "none" else None
-        norms = cfg.norm != "none"
-        self.layers = [(b.ln1.weight if norms else None, b.attn.qkv_proj.weight, b.attn.output_proj.weight,
-                        b.ln2.weight if norms else None, b.ffn.w1.weight, b.ffn.w2.weight,
-                        b.ffn.w3.weight if cfg.ffn == "swiglu" else None) for b in model.layers]
-        self.k_pos = torch.arange(cfg.context_length, device=dev).view(1, -1)
-        self.zero = torch.zeros((), dtype=dtype, device=dev)
-        self.ninf = torch.full((), float("-inf"), dtype=dtype, device=dev)
-        if cfg.position == "rope":  # pairs (x0, x1) -> (x0 c - x1 s, x1 c + x0 s) = x * cos2 + swap(x) * sin2
-            rope = model.layers[0].attn.rope
-            self.cos2 = rope.cos.repeat_interleave(2, -1).to(dtype)
-            self.sin2 = torch.stack((-rope.sin, rope.sin), -1).flatten(-2).to(dtype)
-
-    def _norm(self, x, w):
-        return F.rms_norm(x, (x.shape[-1],), w, self.cfg.rmsnorm_eps)
-
-    def __call__(self, token_in: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """Logits (V,) of the token in ``token_in`` (1, 1) at ``position`` (1,); writes its K/V."""
-        c = self.cfg
-        H, dh, d = c.num_heads, c.d_head, c.d_model
-        pre, post = c.norm == "pre", c.norm == "post"
-        x = self.emb.index_select(0, token_in.view(1))  # (1, d)
-        mask = torch.where(self.k_pos <= position, self.zero, self.ninf)  # (1, context) additive
-        if c.position == "rope":
-            cos, sin = self.cos2.index_select(0, position), self.sin2.index_select(0, position)  # (1, dh)
-        for (ln1, wqkv, wo, ln2, w1, w2, w3), cache in zip(self.layers, self.caches):
-            qkv = F.linear(self._norm(x, ln1) if pre else x, wqkv)  # (1, 3d): q | k | v, heads major
-            qk = qkv[:, :2 * d].view(2 * H, dh)
-            if c.position == "rope":
-                qk = torch.addcmul(qk * cos, qk.view(2 * H, dh // 2, 2).flip(-1).view(2 * H, dh), sin)
-            cache.k.index_copy_(2, position, qk[H:].view(1, H, 1, dh))
-            cache.v.index_copy_(2, position, qkv[:, 2 * d:].view(1, H, 1, dh))
-            att = F.scaled_dot_product_attention(qk[:H].view(1, H, 1, dh), cache.k, cache.v, attn_mask=mask)
-            x = torch.addmm(x, att.reshape(1, d), wo.t())
-            if post:
-                x = self._norm(x, ln1)
-            h = self._norm(x, ln2) if pre else x
-            g = F.silu(F.linear(h, w1))
-            if w3 is not None:
-                g = g.mul_(F.linear(h, w3))
-            x = torch.addmm(x, g, w2.t())
-            if post:
-                x = self._norm(x, ln2)
-        if self.final is not None:
-            x = self._norm(x, self.final)
-        return F.linear(x, self.head)[0]
+# The fused step attends over the first `window` cache slots, a power of two from this up to
+# the context: a short text does not scan the whole cache, and a reply needs only a few graphs.
+MIN_WINDOW = 128
+# How the fused step runs: "auto" (Triton kernels where they cover the model, else torch), "triton", "torch".
+KERNELS = ("auto", "triton", "torch")
 
 
 # ----------------------------------------------------------------------------- decoder
+
+def attention_window(position: int, context_length: int, min_window: int = MIN_WINDOW) -> int:
+    """Cache slots a step at ``position`` attends over: the smallest power-of-two multiple of
+    ``min_window`` above the position, at most the context."""
+    w = min_window
+    while w <= position:
+        w *= 2
+    return min(w, context_length)
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -266,10 +86,18 @@ class Decoder:
     advances ``position``: no host involvement, so steps can be queued back to
     back (and replayed from a CUDA graph) while the host reads earlier results.
     Puts the model in eval mode.
+
+    ``kernels`` picks how the fused step runs: ``"auto"`` uses the Triton
+    kernels of :mod:`lm.decode_kernels` (and its sampler) on CUDA where Triton
+    is installed and covers the model, else the torch version; ``"torch"``
+    never uses Triton; ``"triton"`` raises LabError where it cannot run.
+    ``step_kind`` says which step runs: ``triton``, ``torch`` or ``model``.
     """
 
     def __init__(self, model: torch.nn.Module, *, cuda_graphs: bool | None = None, fused: bool | None = None,
-                 chunk: int | None = None):
+                 chunk: int | None = None, kernels: str = "auto"):
+        if kernels not in KERNELS:
+            raise LabError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
         model.eval()
         self.model = model
         self.cfg = model.cfg
@@ -277,13 +105,28 @@ class Decoder:
         V = self.cfg.vocab_size
         self.device = dev = model.lm_head.weight.device
         cuda = dev.type == "cuda"
+        # The one-token forward: a fused step unless asked not to or the model is not one it knows;
+        # its Triton kernels on CUDA where they cover the model, else the torch version.
+        self.fused_problem = fused_step_problem(model) if fused is not False else "not asked for"
+        self.triton_problem = ("not asked for" if kernels == "torch" or self.fused_problem is not None
+                               else triton_step_problem(model))
+        if kernels == "triton" and self.triton_problem is not None:
+            raise LabError(f"the Triton decode step cannot run this model: {self.triton_problem}")
         with torch.no_grad():
-            self.caches = model.new_kv_caches(1)
+            self.caches = joint_kv_caches(model) if self.fused_problem is None else model.new_kv_caches(1)
+        self._fused = None
+        if self.fused_problem is None:
+            self._fused = (TritonStep if self.triton_problem is None else FusedStep)(model, self.caches)
+        self.step_kind = "model" if self._fused is None else "triton" if self.triton_problem is None else "torch"
+        # Sampling (top-p = 1) and the step's bookkeeping in two Triton kernels where Triton runs.
+        self._sampler = TritonSampler(V, dev) if kernels != "torch" and triton_usable(dev) else None
+        self.min_window = MIN_WINDOW
         self.token_in = torch.zeros(1, 1, dtype=torch.long, device=dev)
         self.position = torch.zeros(1, dtype=torch.long, device=dev)
         self.logits = torch.zeros(V, dtype=torch.float32, device=dev)  # of the last step, for inspection
         self.noise = torch.ones(V, dtype=torch.float32, device=dev)
         self.temperature = torch.ones((), dtype=torch.float32, device=dev)
+        self.neg_inv_temperature = torch.full((), -1.0, dtype=torch.float32, device=dev)
         self.top_p = torch.ones((), dtype=torch.float32, device=dev)
         self.out_tokens = torch.zeros(C, dtype=torch.long, device=dev)
         self.out_probs = torch.zeros(C, dtype=torch.float32, device=dev)
@@ -298,11 +141,9 @@ class Decoder:
         if cuda:
             self._host_tokens = torch.zeros(C, dtype=torch.long).pin_memory()
             self._host_probs = torch.zeros(C, dtype=torch.float32).pin_memory()
-        # The one-token forward: FusedStep unless asked not to or the model is not one it knows.
-        self.fused_problem = fused_step_problem(model) if fused is not False else "not asked for"
-        self._fused = FusedStep(model, self.caches) if self.fused_problem is None else None
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._pool = None
+        self._capture_stream = None
         self._notices: list[Notice] = []
         self.history: list[int] = []
         self.cached = 0
@@ -331,44 +172,71 @@ class Decoder:
         positions = torch.arange(start, start + bucket, device=self.device)
         return self.model(x.to(self.device), positions, self.caches)[0, :T]
 
-    def _step(self, mode: tuple[bool, int, bool]) -> None:
+    def window(self, position: int) -> int | None:
+        """Cache slots the fused step attends over at ``position``: a power of two above it (None: all)."""
+        if self._fused is None or not self._fused.uses_windows:
+            return None
+        return attention_window(position, self.context_length, self.min_window)
+
+    def _step(self, mode: tuple[bool, int, bool], window: int | None) -> None:
         """One token: forward at ``position``, sample, write results; static shapes, no host sync."""
         greedy, top_k, nucleus = mode
+        logits = self.logits  # fp32, kept for inspection
         if self._fused is not None:
-            logits = self._fused(self.token_in, self.position).float()
+            raw = self._fused(self.token_in, self.position, window, logits)
         else:
-            logits = self.model(self.token_in, self.position, self.caches)[0, -1].float()
-        self.logits.copy_(logits)
+            raw = self.model(self.token_in, self.position, self.caches)[0, -1]
+            logits.copy_(raw)
+        if self._sampler is not None and not nucleus:
+            self._sampler(logits, raw, self.neg_inv_temperature, top_k, self.position, self.out_tokens,
+                          self.out_probs, self.token_in, greedy)
+            return
         if greedy:
             token = logits.argmax(-1, keepdim=True)
+        elif nucleus:
+            token = race(sampling_probs(logits, self.temperature, top_k, self.top_p), self.noise)
         else:
-            probs = sampling_probs(logits, self.temperature, top_k, self.top_p if nucleus else None)
-            token = race(probs, self.noise)
-        prob = (logits.gather(0, token) - logits.logsumexp(0)).exp()
+            token = pick_token(logits, self.noise, self.neg_inv_temperature, top_k, rank_logits=raw)
+        prob = torch.softmax(logits, -1).gather(0, token)
         self.out_tokens.index_copy_(0, self.position, token)
         self.out_probs.index_copy_(0, self.position, prob)
         self.token_in.copy_(token.view(1, 1))
         self.position.add_(1)
 
-    def _graph_for(self, mode: tuple[bool, int, bool]):
-        """The CUDA graph of ``_step(mode)``, captured on first use; None if capture fails."""
-        if mode in self._graphs:
-            return self._graphs[mode]
+    def _graph_for(self, mode: tuple[bool, int, bool], window: int | None):
+        """The CUDA graph of ``_step(mode, window)``, captured on first use; None if capture fails.
+
+        A sampling mode's first capture runs the step once first (lazy
+        initialisation: cuBLAS workspaces, kernel loading) at the current slot
+        and restores ``token_in`` / ``position``; another window of a mode
+        already captured runs the same ops on other shapes and is captured
+        directly. Captures are made on one side stream with torch's
+        ``capture_begin`` rather than ``torch.cuda.graph``, which would also
+        synchronise and empty the allocator's cache each time.
+        """
+        key = (mode, window)
+        if key in self._graphs:
+            return self._graphs[key]
         saved_token, saved_position = self.token_in.clone(), self.position.clone()
         try:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            side = torch.cuda.Stream(device=self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm up (lazy inits, workspaces) at the same slot, then restore
-                    self._step(mode)
+                self._capture_stream = torch.cuda.Stream(device=self.device)
+            stream = self._capture_stream
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                if not any(m == mode for m, _ in self._graphs):
+                    self._step(mode, window)
                     self.token_in.copy_(saved_token)
                     self.position.copy_(saved_position)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                self._step(mode)  # recorded, not run
+                    stream.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                graph.capture_begin(self._pool)
+                try:
+                    self._step(mode, window)  # recorded, not run
+                finally:
+                    graph.capture_end()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
         except Exception as e:  # a model op that cannot be captured: decode eagerly instead
             torch.cuda.synchronize(self.device)
             self.token_in.copy_(saved_token)
@@ -377,23 +245,29 @@ class Decoder:
             self._notices.append(Notice("notice", f"CUDA graph capture failed ({type(e).__name__}: {e}); "
                                                   "decoding without CUDA graphs"))
             return None
-        self._graphs[mode] = graph
+        self._graphs[key] = graph
         return graph
 
+    def _run_step(self, mode: tuple[bool, int, bool], position: int) -> None:
+        """Queue the step at ``position`` (the host's copy of the device counter): replayed or eager."""
+        window = self.window(position)
+        graph = self._graph_for(mode, window) if self.use_graphs else None
+        if graph is not None:
+            graph.replay()
+        else:
+            self._step(mode, window)
+
     @torch.inference_mode()
-    def _launch(self, mode: tuple[bool, int, bool], count: int) -> None:
-        """Queue ``count`` steps."""
-        for _ in range(count):
-            if not mode[0]:
+    def _launch(self, mode: tuple[bool, int, bool], first: int, count: int) -> None:
+        """Queue the ``count`` steps at positions first.., each with fresh noise."""
+        needs_noise = not mode[0] and (mode[2] or self._sampler is None)  # else the sampler makes its own
+        for position in range(first, first + count):
+            if needs_noise:
                 if self.generator.device == self.device:
                     self.noise.exponential_(generator=self.generator)
                 else:
                     self.noise.copy_(torch.empty(self.noise.shape).exponential_(generator=self.generator))
-            graph = self._graph_for(mode) if self.use_graphs else None
-            if graph is not None:
-                graph.replay()
-            else:
-                self._step(mode)
+            self._run_step(mode, position)
 
     def _fetch(self, start: int, end: int) -> Callable[[], tuple[list[int], list[float]]]:
         """Start reading results of positions start..end-1; the returned function waits for them."""
@@ -420,16 +294,12 @@ class Decoder:
         """
         last = len(self.history) - 1
         todo = self.history[self.cached:last]
-        graph = None
         if self.use_graphs and 0 < len(todo) <= GRAPH_PREFILL_MAX:
             # A valid slot first: a capture warms up by running the step where position points.
             self.position.fill_(self.cached)
-            self.token_in.fill_(todo[0])
-            graph = self._graph_for(mode)
-        if graph is not None:
-            for token in todo:
+            for position, token in enumerate(todo, start=self.cached):
                 self.token_in.fill_(token)
-                graph.replay()
+                self._run_step(mode, position)
         elif todo:
             self.forward_tokens(todo, self.cached)
         self.cached = last
@@ -464,21 +334,29 @@ class Decoder:
         self.history.extend(int(i) for i in prompt_ids)
         if not self.history:
             raise LabError("the prompt is empty and there is no text to continue; give a prompt")
+        if self._fused is not None:
+            self._fused.refresh()
         greedy = params.temperature == 0
         top_k = params.top_k if 0 < params.top_k < V else 0
         mode = (greedy, 0 if greedy else top_k, not greedy and params.top_p < 1.0)
-        self.temperature.fill_(max(float(params.temperature), 1e-6))
+        temperature = max(float(params.temperature), 1e-6)
+        self.temperature.fill_(temperature)
+        self.neg_inv_temperature.fill_(-1.0 / temperature)
         self.top_p.fill_(float(params.top_p))
         if params.seed is not None:
             self.generator.manual_seed(params.seed)
         else:
             self.generator.seed()
+        if self._sampler is not None:
+            self._sampler.start(self.generator.initial_seed())
         produced = 0
         while produced < params.max_new_tokens:
             if len(self.history) > self.context_length:
                 yield self._overflow()
             with torch.inference_mode():
                 self._sync_cache(mode)
+                if self._sampler is not None:  # noise keyed by the token's index in the reply, not by
+                    self._sampler.draws.fill_(produced)  # how the prompt was read (graph replays draw too)
             first = len(self.history) - 1
             limit = min(self.context_length, first + params.max_new_tokens - produced)
             for token, prob in self._pipeline(mode, first, limit):
@@ -496,7 +374,7 @@ class Decoder:
         while nxt < limit or inflight:
             while nxt < limit and len(inflight) < self.depth:
                 end = min(nxt + self.chunk, limit)
-                self._launch(mode, end - nxt)
+                self._launch(mode, nxt, end - nxt)
                 inflight.append(self._fetch(nxt, end))
                 nxt = end
             tokens, probs = inflight.popleft()()

@@ -1,0 +1,169 @@
+"""The decode step's building blocks: the RoPE rotation matrices, the joint K/V caches,
+attention windows, the W1|W3 copy kept in sync, the sampler's shortcut against the
+full distribution, kernel selection, and the Triton kernels (in Triton's CPU
+interpreter, where Triton is installed) against the torch step."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm.errors import LabError
+from lm.fused_step import FusedStep, joint_kv_caches, rotation_basis
+from lm.generate import Decoded, Decoder, SamplingParams, attention_window
+from lm.model import ModelConfig, RotaryPositionalEmbedding
+from lm.sampling import pick_token, race, sampling_probs, top_k_threshold
+from test_generate_support import random_model
+
+BASE = ModelConfig(vocab_size=37, context_length=16, d_model=16, num_layers=2, num_heads=4, d_ff=24,
+                   rope_theta=100.0)
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0)
+
+
+def test_rotation_basis_gives_the_models_rope_for_q_and_k_and_identity_for_v():
+    d_head, positions = 8, torch.tensor([0, 1, 5, 11])
+    rope = RotaryPositionalEmbedding(100.0, d_head, 12)
+    x = torch.randn(4, 3, d_head, dtype=torch.float64)  # (position, q|k|v, d)
+    rows = torch.cat([rope.cos, rope.sin, torch.ones(12, 1)], 1).double()
+    basis = rotation_basis(d_head, torch.float64, "cpu")
+    for i, p in enumerate(positions):
+        r = (rows[p] @ basis).view(3, d_head, d_head)
+        got = torch.bmm(x[i].unsqueeze(1), r).squeeze(1)
+        want = rope(x[i, :2].float(), p.view(1)).double()
+        torch.testing.assert_close(got[:2], want, rtol=1e-6, atol=1e-6)
+        assert torch.equal(got[2], x[i, 2])
+
+
+def test_joint_caches_are_halves_of_one_tensor_and_model_forward_fills_them():
+    model = random_model(BASE)
+    caches = joint_kv_caches(model)
+    for c in caches:
+        assert c.k._base is c.v._base and c.k._base.shape == (2, *c.k.shape)
+        assert c.v.data_ptr() - c.k.data_ptr() == c.k.numel() * c.k.element_size()
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), torch.arange(3), caches)
+    assert caches[0].k._base[0, :, :, :3].abs().sum() > 0 and caches[0].k._base[1, :, :, :3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("position, want", [(0, 4), (3, 4), (4, 8), (7, 8), (8, 16), (15, 16)])
+def test_attention_window_is_a_power_of_two_above_the_position_at_most_the_context(position, want):
+    assert attention_window(position, 16, min_window=4) == want
+    assert attention_window(position, 12, min_window=4) == min(want, 12)
+
+
+@pytest.mark.parametrize("name, change", [("default", {}), ("nope", {"position": "nope"}),
+                                          ("post-norm", {"norm": "post"}), ("silu", {"ffn": "silu", "d_ff": None})])
+def test_small_attention_windows_give_the_full_forward_logits(name, change):
+    cfg = dataclasses.replace(BASE, **change)
+    model = random_model(cfg, seed=8)
+    dec = Decoder(model)
+    dec.min_window = 2  # windows 2, 4, 8, 16 within one reply
+    steps = [dec.logits.clone() for ev in dec.tokens([3, 1, 4], dataclasses.replace(GREEDY, max_new_tokens=12))
+             if isinstance(ev, Decoded)]
+    with torch.no_grad():
+        full = model(torch.tensor(dec.history[:-1]))
+    for i, logits in enumerate(steps):
+        torch.testing.assert_close(logits, full[2 + i], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_step_sees_weights_changed_in_place():
+    model = random_model(BASE, seed=9)
+    step = FusedStep(model, joint_kv_caches(model))
+    token, pos = torch.tensor([[5]]), torch.tensor([0])
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.ffn.w3.weight.mul_(-2.0)  # an optimizer step or load_state_dict does this
+        step.refresh()
+        got = step(token, pos)
+        want = model(torch.tensor([5]))[-1]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_pick_token_is_the_race_over_the_cut_distribution_on_the_same_noise():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(200, 40, generator=g).mul(3).round()  # coarse values: many ties at the k-th
+    noise = torch.empty_like(logits).exponential_(generator=g)
+    for temperature, k in ((1.0, 0), (0.7, 5), (1.6, 12)):
+        got = pick_token(logits, noise, -1.0 / temperature, k)
+        want = race(sampling_probs(logits, temperature, k), noise)
+        assert torch.equal(got, want)
+        if k:  # ties with the k-th largest are in: the winner is never below the threshold
+            assert (logits.gather(-1, got) >= top_k_threshold(logits, k)).all()
+
+
+def test_pick_token_takes_the_temperature_as_a_device_tensor_too():
+    logits = torch.randn(50, 30, generator=torch.Generator().manual_seed(4))
+    noise = torch.empty_like(logits).exponential_(generator=torch.Generator().manual_seed(5))
+    assert torch.equal(pick_token(logits, noise, -1.25, 7), pick_token(logits, noise, torch.tensor(-1.25), 7))
+
+
+def test_kernel_choice_is_checked_and_cpu_uses_the_torch_step():
+    model = random_model(BASE)
+    dec = Decoder(model)
+    assert dec.step_kind == "torch" and dec.triton_problem is not None
+    assert Decoder(model, fused=False).step_kind == "model"
+    with pytest.raises(LabError, match="kernels must be one of"):
+        Decoder(model, kernels="cuda")
+    with pytest.raises(LabError, match="Triton decode step cannot run this model"):
+        Decoder(model, kernels="triton")
+
+
+INTERPRETER_CHECK = r"""
+import dataclasses, sys
+import torch
+from lm.decode_kernels import TritonSampler, TritonStep
+from lm.fused_step import FusedStep, joint_kv_caches
+from lm.model import ModelConfig, TransformerLM
+base = ModelConfig(vocab_size=40, context_length=80, d_model=32, num_layers=1, num_heads=2, d_ff=48)
+worst = 0.0
+for change in ({}, {"position": "nope", "ffn": "silu", "d_ff": None}, {"norm": "none", "tie_embeddings": True}):
+    cfg = dataclasses.replace(base, **change)
+    torch.manual_seed(0)
+    model = TransformerLM(cfg).eval()
+    c_ref, c_new = joint_kv_caches(model), joint_kv_caches(model)
+    ref, new = FusedStep(model, c_ref), TritonStep(model, c_new)
+    with torch.no_grad():
+        for p in (0, 1, 2, 63, 64, 65, 79):  # attention blocks of 64 slots: one, then two
+            tok, pos = torch.tensor([[p % 40]]), torch.tensor([p])
+            out = torch.zeros(cfg.vocab_size)
+            want = ref(tok, pos)
+            worst = max(worst, (new(tok, pos, None, out) - want).abs().max().item(), (out - want).abs().max().item())
+    worst = max(worst, max(max((a.k - b.k).abs().max().item(), (a.v - b.v).abs().max().item())
+                           for a, b in zip(c_ref, c_new)))
+sampler = TritonSampler(40, "cpu")
+logits = torch.randn(40) * 2
+for greedy, k in ((True, 0), (False, 0), (False, 5)):
+    sampler.start(11)
+    pos, toks, probs = torch.tensor([3]), torch.zeros(8, dtype=torch.long), torch.zeros(8)
+    token_in = torch.zeros(1, 1, dtype=torch.long)
+    sampler(logits, logits, torch.tensor(-1.0), k, pos, toks, probs, token_in, greedy)
+    t = int(toks[3])
+    assert int(pos) == 4 and int(token_in) == t and int(sampler.draws) == 1
+    assert abs(float(probs[3]) - float(torch.softmax(logits, -1)[t])) < 1e-6
+    assert (t == int(logits.argmax())) if greedy else (logits[t] >= logits.topk(k).values.min() if k else True)
+print(worst)
+"""
+
+
+@pytest.mark.slow
+def test_triton_kernels_match_the_torch_step_in_the_interpreter():
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), env_path()]))
+    proc = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+def env_path() -> str:
+    """Where this interpreter finds triton (it may come from PYTHONPATH rather than site-packages)."""
+    import triton
+
+    return str(Path(triton.__file__).resolve().parent.parent)
