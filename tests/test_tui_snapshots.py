@@ -68,9 +68,14 @@ async def _settled(pilot, tab: str) -> None:
         pane = app.query_one("#queue-pane")
         await wait_for(pilot, lambda: len(pane.entries) == 3 and app.query_one("#compare-table").row_count == 2)
         # The chart is sized when a read is queued; read once more now that layout is final.
-        await wait_for(pilot, lambda: not pane._busy)
+        chart = app.query_one("#compare-chart")
+
+        def chart_fits() -> bool:  # drawn at the chart's final size, not the size a first read saw
+            widest = max((len(line) for line in text_of(chart).splitlines()), default=0)
+            return not pane._busy and widest == chart.plot_size()[0]
+
         pane.refresh_now()
-        await wait_for(pilot, lambda: not pane._busy)
+        await wait_for(pilot, chart_fits)
     elif tab == "chat":
         await wait_for(pilot, lambda: str(app.query_one("#chat-run").value).endswith("baseline-20250101-120000"))
     await pilot.pause(0.3)

@@ -221,13 +221,19 @@ class QueuePane(Vertical):
             return
         from lab.compare import short_labels
 
-        table.add_columns("run", "steps", "best val", "bpb", "tok/s", *[k for k, _ in comparison.diff[:4]])
+        headers = ["run", "steps", "best val", "bpb", "tok/s", *[k for k, _ in comparison.diff[:4]]]
         labels = short_labels([row["run"] for row in comparison.rows])  # stamps kept where names would clash
+        cells = []
         for i, row in enumerate(comparison.rows):
             diffs = [format_number(values[i]) for _, values in comparison.diff[:4]]
-            table.add_row(labels[i], str(row["steps"]), format_number(row["best_val_loss"], ".4f"),
+            cells.append([labels[i], str(row["steps"]), format_number(row["best_val_loss"], ".4f"),
                           format_number(row["best_val_bpb"], ".3f"), format_number(row["tokens_per_s"], ".0f"),
-                          *diffs)
+                          *diffs])
+        # Explicit widths: auto-width after clear(columns=True) sometimes keeps the header's width.
+        for c, header in enumerate(headers):
+            table.add_column(header, width=max([len(header)] + [len(str(r[c])) for r in cells]))
+        for r in cells:
+            table.add_row(*r)
         self.query_one("#compare-chart", Chart).update(chart or "")
 
     # ---- actions -------------------------------------------------------------

@@ -59,6 +59,9 @@ def render_chart(curves: list[ChartCurve], width: int, height: int, *, log_y: bo
     with _PLOT_LOCK:
         fig = plt.figure
         fig.clear()
+        # The widget, not the terminal, bounds the plot: without this plotext caps the
+        # width at its idea of the terminal (80 columns when stdout is not a TTY).
+        plt.terminal.limit(False, False)
         fig.plot_size(width, height - 1)
         fig.theme("simple")
         for (ansi, _), c, pts in drawable:
