@@ -21,7 +21,7 @@ mode's warm-up (cuBLAS, einx traces) does not flatter the next one's cold time.
 Usage (the `small` preset is GPT-2-small shaped: 768 wide, 12 layers, 12 heads,
 vocab 50257, context 1024; weights bf16 on CUDA):
 
-    python3 bench/decode.py                        # H100: the numbers of docs/perf/decode.md
+    python3 bench/decode.py                        # H100: the numbers of docs/performance.md (Decoding)
     python3 bench/decode.py --preset tiny          # CPU-sized smoke run
     python3 bench/decode.py --modes eager,graph --new-tokens 512 --top-p 0.9
     python3 bench/decode.py --check                # logits of every step vs full forwards, every ablation

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How the console keeps up, and what it costs a run: the numbers behind docs/perf/tui.md.
+"""How the console keeps up, and what it costs a run: the numbers behind docs/performance.md (Console).
 
   python3 bench/tui_monitor.py            # everything (~3 min on 2 cores)
   python3 bench/tui_monitor.py --quick    # shorter runs, fewer repeats

@@ -1,6 +1,6 @@
 """Triton kernels for the batch-1 decode step on CUDA: a layer in six kernels.
 
-Profiled on an H100 (docs/perf/decode.md), the torch version of the step
+Profiled on an H100 (docs/performance.md (Decoding)), the torch version of the step
 (:class:`lm.fused_step.FusedStep`) is bound by kernel count and by cuBLAS's
 matrix-vector kernels, which take ~4-6 us each whatever their size (a
 3.5 MB QKV projection ran at 0.7 TB/s), plus cuDNN attention over a padded
@@ -36,7 +36,7 @@ except ImportError:  # no Triton (CPU-only torch, macOS, Windows): the torch ste
 
 # Cache slots per attention block: each (head, block) is one program; blocks after the position exit at once.
 ATTENTION_BLOCK = 64
-# Rows x columns of the weight tile of each matrix-vector kernel (picked on an H100; see docs/perf/decode.md).
+# Rows x columns of the weight tile of each matrix-vector kernel (picked on an H100; see docs/performance.md (Decoding)).
 TILES = {"qkv": (8, 256), "swiglu": (4, 256), "residual": (2, 1024), "head": (16, 256)}
 
 

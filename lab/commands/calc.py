@@ -265,4 +265,4 @@ def print_report(exp, estimates, label: str, *, detail: bool = False) -> None:
     eff = estimates[0].efficiency
     con.print(f"[dim]MFU counts dense matmul FLOPs (the masked half of attention included, as FlopCounterMode "
               f"does). Times are roofline estimates (matmul efficiency {eff.matmul}, bandwidth {eff.bandwidth}, "
-              f"per-launch overhead from the device profile); see docs/perf/calc.md.[/]")
+              f"per-launch overhead from the device profile); see docs/performance.md (Calculator).[/]")

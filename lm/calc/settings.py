@@ -3,7 +3,7 @@
 :class:`Settings` is what the memory and time models take besides the model
 config and the device. :class:`Efficiency` gathers the factors that turn
 peak hardware numbers into achievable ones and price the host's work; unset
-ones come from the device profile (docs/perf/calc.md says which are calibrated
+ones come from the device profile (docs/performance.md (Calculator) says which are calibrated
 and how, with bench/calc_vs_measured.py).
 """
 
