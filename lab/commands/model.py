@@ -77,6 +77,7 @@ def apply_model_overrides(cfg, overrides: list[str]):
     import difflib
     import typing
 
+    from lm.config.loader import coerce_value, parse_override_value, type_text
     from lm.config.schema import ModelConfig
     from lm.errors import ConfigError
 
@@ -95,9 +96,9 @@ def apply_model_overrides(cfg, overrides: list[str]):
             hint = f" (did you mean model.{close[0]}?)" if close else ""
             problems.append(f"unknown key model.{name}{hint}; valid keys: {', '.join(fields)}")
             continue
-        ok, value = _coerce(_parse_value(raw), hints[name])
+        ok, value = coerce_value(parse_override_value(raw), hints[name])
         if not ok:
-            problems.append(f"model.{name} must be {_describe(hints[name])}, got {raw.strip()!r}")
+            problems.append(f"model.{name} must be {type_text(hints[name])}, got {raw.strip()!r}")
             continue
         changes[name] = value
     if problems:
@@ -106,55 +107,6 @@ def apply_model_overrides(cfg, overrides: list[str]):
     if problems := cfg.problems():
         raise ConfigError(problems, source="--set")
     return cfg
-
-
-def _parse_value(raw: str):
-    """A TOML value (``v = <raw>``), or the bare string when it is not valid TOML."""
-    import tomllib
-
-    try:
-        parsed = tomllib.loads(f"v = {raw}")
-    except tomllib.TOMLDecodeError:
-        return raw.strip()
-    return parsed["v"] if len(parsed) == 1 else raw.strip()
-
-
-def _coerce(value, tp) -> tuple[bool, object]:
-    """(True, value converted to ``tp``) or (False, None) when it does not fit."""
-    import types
-    import typing
-
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return (value in typing.get_args(tp)), value
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(tp):
-            if arm is type(None):
-                continue
-            ok, v = _coerce(value, arm)
-            if ok:
-                return True, v
-        return False, None
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else None
-    return isinstance(value, tp), value
-
-
-def _describe(tp) -> str:
-    import types
-    import typing
-
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
-    return {bool: "true or false", int: "an integer", float: "a number"}.get(tp, tp.__name__)
 
 
 # ----------------------------------------------------------------------------- the model

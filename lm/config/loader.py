@@ -363,7 +363,7 @@ def _show(v) -> str:
     return f"{shown} ({_kind(v)})"
 
 
-def _coerce(value, tp) -> tuple[bool, Any]:
+def coerce_value(value, tp) -> tuple[bool, Any]:
     """(ok, value converted to the field's type); an int is accepted where a float is expected."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Literal:
@@ -373,14 +373,14 @@ def _coerce(value, tp) -> tuple[bool, Any]:
             return True, None
         for a in args:
             if a is not type(None):
-                ok, v = _coerce(value, a)
+                ok, v = coerce_value(value, a)
                 if ok:
                     return True, v
         return False, value
     if origin is list:
         if not isinstance(value, list):
             return False, value
-        out = [_coerce(x, args[0]) for x in value]
+        out = [coerce_value(x, args[0]) for x in value]
         return all(ok for ok, _ in out), [v for _, v in out]
     if tp is bool:
         return isinstance(value, bool), value
@@ -507,7 +507,7 @@ def _build(data: dict, origins: dict, problems: list[str], *, main: str | None, 
             if key not in hints:
                 ck.add(f"unknown key '{dotted}'{{at}}{_suggest_field(section, key)}", dotted)
                 continue
-            ok, coerced = _coerce(value, hints[key])
+            ok, coerced = coerce_value(value, hints[key])
             if ok:
                 values[section][key] = coerced
             else:
