@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.compare import flatten
 from lm.errors import ConfigError
 
 METHODS = ("grid", "random", "tpe")
@@ -113,17 +114,6 @@ def override_text(key: str, value: Any) -> str:
     return f"{key}={toml_value(value)}"
 
 
-def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in table.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict):
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def _unknown(keys, allowed, where: str) -> list[str]:
     out = []
     for k in keys:
@@ -197,9 +187,9 @@ def load_sweep(path: str | Path, *, name: str | None = None) -> SweepSpec:
     if not isinstance(fixed, dict):
         problems.append(f"[set] must be a table of fixed overrides, got {fixed!r}")
         fixed = {}
-    spec.fixed = [override_text(k, v) for k, v in _flatten(fixed).items()]
+    spec.fixed = [override_text(k, v) for k, v in flatten(fixed).items()]
     swept = {p.key for p in spec.params}
-    problems += [f"'{k}' is both swept and fixed in [set]; keep one" for k in _flatten(fixed) if k in swept]
+    problems += [f"'{k}' is both swept and fixed in [set]; keep one" for k in flatten(fixed) if k in swept]
 
     if spec.method == "grid":
         ranged = [p.key for p in spec.params if p.values is None]
