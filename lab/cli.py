@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> module; order is the order shown in --help.
@@ -38,15 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="lab 0.1.0")
     parser.add_argument("--runs-dir", dest="console_runs_dir", default=None, metavar="DIR",
-                        help="runs folder the console watches (default: runs, or $LAB_RUNS_DIR)")
+                        help="runs folder of the console and of every command that reads runs "
+                             "(default: runs, or $LAB_RUNS_DIR); a command's own --runs-dir beats it")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname in COMMANDS.items():
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:  # command not built in this checkout
-                continue
-            raise
+        mod = importlib.import_module(modname)
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
     return parser
@@ -55,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "runs_dir", "") is None:  # the command's own --runs-dir was not given
+        args.runs_dir = args.console_runs_dir or os.environ.get("LAB_RUNS_DIR") or "runs"
     if args.command is None:
         from lab.tui.launch import open_console
 
@@ -75,8 +74,6 @@ def _guard(fn) -> int:
         return 130
     except BrokenPipeError:
         # `lab config docs | head`: the reader left; not an error worth a traceback.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return int(code or 0)

@@ -136,9 +136,56 @@ def _safe_name(name: str) -> str:
 
 # ----------------------------------------------------------------------------- reading
 
+MAX_PID = 2**31 - 1
+"""pid_t is a C int: a larger number in status.json is not a process on any host."""
+
+# The type each status.json key must have; a value of another type is a problem, not a crash.
+_WHOLE = "a whole number >= 0"
+_NUMBER = "a finite number or null"
+_STATUS_KINDS = {"state": "state", "pid": "pid", "host": "text", "step": _WHOLE, "total_steps": _WHOLE,
+                 "tokens": _WHOLE, "started": _NUMBER, "updated": _NUMBER, "best_val_loss": _NUMBER,
+                 "best_val_bpb": _NUMBER, "last_val_loss": _NUMBER, "exit_code": "exit code", "message": "text"}
+
+
+def _status_value_ok(kind: str, v: Any) -> bool:
+    if kind == "state":
+        return v in STATES
+    if kind == "pid":
+        return v is None or (type(v) is int and 0 < v <= MAX_PID)
+    if kind == "text":
+        return isinstance(v, str)
+    if kind == _WHOLE:
+        return type(v) is int and v >= 0
+    if kind == _NUMBER:
+        return v is None or (type(v) in (int, float) and math.isfinite(v))
+    return v is None or (type(v) is int and -256 < v < 256)  # exit code
+
+
+def _expected(kind: str) -> str:
+    if kind == "state":
+        return "one of " + ", ".join(STATES)
+    if kind == "pid":
+        return f"a process id 1..{MAX_PID} or null"
+    if kind == "text":
+        return "a string"
+    if kind == "exit code":
+        return "an exit code or null"
+    return kind
+
+
+def _show(v: Any, limit: int = 40) -> str:
+    text = json.dumps(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 @dataclass
 class RunStatus:
-    """The contents of ``status.json``; reads like the dict too (``status["state"]``)."""
+    """The contents of ``status.json``; reads like the dict too (``status["state"]``).
+
+    Values of the wrong type are never trusted: :meth:`from_dict` keeps the
+    default for them and says so in ``problems``; :meth:`RunDir.status` then
+    fills them from the run's records where it can (``reconstructed``).
+    """
 
     state: str = "pending"
     pid: int | None = None
@@ -155,15 +202,32 @@ class RunStatus:
     message: str = ""
     extra: dict = field(default_factory=dict)
     """Keys of status.json this version does not know (kept, not dropped)."""
+    problems: list[str] = field(default_factory=list)
+    """What could not be read (a missing or broken status.json, values of the wrong type)."""
+    reconstructed: bool = False
+    """Some values come from metrics.jsonl/events.jsonl because status.json could not say."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunStatus":
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in d.items() if k in names}
-        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+        """The status in ``d``; each value of the wrong type stays at its default and is named in ``problems``."""
+        known, extra, problems = {}, {}, []
+        for k, v in d.items():
+            kind = _STATUS_KINDS.get(k)
+            if kind is None:
+                extra[k] = v
+            elif _status_value_ok(kind, v):
+                known[k] = v
+            else:
+                problems.append(f"{k} is {_show(v)}, not {_expected(kind)}")
+        return cls(**known, extra=extra, problems=problems)
+
+    def invalid_keys(self) -> set[str]:
+        """The status.json keys named in ``problems``."""
+        return {p.split(" ", 1)[0] for p in self.problems}
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        skip = ("extra", "problems", "reconstructed")
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         d.update(self.extra)
         return d
 
@@ -172,6 +236,11 @@ class RunStatus:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.to_dict().get(key, default)
+
+
+# Event kinds that end a process, and the state each leaves the run in.
+END_EVENTS = {"finish": "done", "halt": "diverged", "stop": "stopped", "error": "failed"}
+_EXIT_OF_STATE = {"done": 0, "failed": 1, "diverged": 4, "stopped": 5}
 
 
 def pid_alive(pid: int) -> bool:
@@ -231,8 +300,8 @@ class RunDir:
         return self.path / CHECKPOINT_DIR
 
     def exists(self) -> bool:
-        """Whether this looks like a run directory (has a config or a status file)."""
-        return self.config_path.is_file() or self.status_path.is_file()
+        """Whether this looks like a run directory (has a config, a status or an events file)."""
+        return self.config_path.is_file() or self.status_path.is_file() or self.events_path.is_file()
 
     def config(self, overrides: list[str] | tuple[str, ...] = ()):
         """The resolved ExperimentConfig from config.toml (ConfigError if missing or invalid)."""
@@ -245,21 +314,97 @@ class RunDir:
 
     def raw_status(self) -> dict:
         """status.json as written, or {} when absent or unreadable (mid-creation)."""
+        return self._read_status_file()[0] or {}
+
+    def _read_status_file(self) -> tuple[dict | None, str]:
+        """(status.json as a dict, '') or (None, why it cannot be read; '' when it does not exist)."""
         try:
-            with open(self.status_path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, ValueError):
-            return {}
-        return d if isinstance(d, dict) else {}
+            with open(self.status_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None, ""
+        except OSError as e:
+            return None, f"{STATUS_FILE} cannot be read ({e.strerror or e})"
+        try:
+            d = json.loads(data)
+        except ValueError:
+            what = "is empty" if not data.strip() else "is not valid JSON (truncated?)"
+            return None, f"{STATUS_FILE} {what}"
+        if not isinstance(d, dict):
+            return None, f"{STATUS_FILE} holds {type(d).__name__}, not an object"
+        return d, ""
 
     def status(self) -> RunStatus:
-        """The run's status; ``running`` with a dead pid on this host reads as ``stopped``."""
-        st = RunStatus.from_dict(self.raw_status())
+        """The run's status; ``running`` with a dead pid on this host reads as ``stopped``.
+
+        A status.json that is missing (while the run has records), broken, or has
+        values of the wrong type is never trusted: what it cannot say is
+        reconstructed from events.jsonl and metrics.jsonl (``reconstructed``),
+        and ``problems`` says what was wrong.
+        """
+        raw, why = self._read_status_file()
+        st = RunStatus.from_dict(raw) if raw is not None else RunStatus()
+        if why:
+            st.problems.insert(0, why)
+        if raw is None or st.problems:
+            self._reconstruct(st, whole=raw is None)
         if (st.state == "running" and st.pid and st.host == socket.gethostname()
                 and not pid_alive(int(st.pid))):
             st.state = "stopped"
             st.message = st.message or "the training process ended without saying so (killed?)"
         return st
+
+    def _reconstruct(self, st: RunStatus, whole: bool) -> None:
+        """Fill ``st`` from the run's records: every value when status.json said nothing (``whole``),
+        else only the values it had wrong."""
+        events, metrics = self.events(), self.metrics()
+        if not events and not metrics:
+            return  # a run that has not started yet (or left nothing to go by)
+        if whole and not st.problems:
+            st.problems.append(f"{STATUS_FILE} is missing")
+        bad = set(_STATUS_KINDS) if whole else st.invalid_keys()
+        if "pid" in bad and st.state == "running":  # no pid to check: the records say whether it ended
+            bad |= {"state", "exit_code", "message"}
+        found: dict[str, Any] = {}
+        ends = [i for i, e in enumerate(events) if e.get("event") in END_EVENTS]
+        starts = [i for i, e in enumerate(events) if e.get("event") in ("start", "resume")]
+        end = events[ends[-1]] if ends else None
+        if end is not None and ends[-1] > max(starts, default=-1):
+            found["state"] = END_EVENTS[end["event"]]
+            found["exit_code"] = _EXIT_OF_STATE[found["state"]]
+            found["message"] = str(end.get("message") or "")
+        else:  # no end after the last start: killed, or alive and about to rewrite its status
+            found["state"] = "stopped"
+            found["message"] = "the training process left no final status (killed?)"
+        train = [r for r in metrics if r.get("type") == "train"]
+        evals = [r for r in metrics if r.get("type") == "eval"]
+        steps = [r["step"] for r in metrics + events if type(r.get("step")) is int]
+        found["step"] = max(steps, default=0)
+        if train and type(train[-1].get("tokens")) is int:
+            found["tokens"] = train[-1]["tokens"]
+        walls = [e["wall"] for e in events if type(e.get("wall")) in (int, float) and math.isfinite(e["wall"])]
+        if walls:
+            found["started"], found["updated"] = walls[0], walls[-1]
+        vals = [r["val_loss"] for r in evals if _finite(r.get("val_loss"))]
+        bpbs = [r["val_bpb"] for r in evals if _finite(r.get("val_bpb"))]
+        found["best_val_loss"] = min(vals) if vals else None
+        found["best_val_bpb"] = min(bpbs) if bpbs else None
+        found["last_val_loss"] = vals[-1] if vals else None
+        found["total_steps"] = self._configured_steps() or found["step"]
+        for key, value in found.items():
+            if key in bad:
+                setattr(st, key, value)
+        st.reconstructed = True
+
+    def _configured_steps(self) -> int:
+        """training.steps of config.toml (0 when it cannot be read)."""
+        import tomllib
+
+        try:
+            steps = tomllib.loads(self.config_path.read_text(encoding="utf-8")).get("training", {}).get("steps")
+        except (OSError, ValueError, AttributeError):
+            return 0
+        return steps if type(steps) is int and steps > 0 else 0
 
     def metrics(self, kind: str | None = None) -> list[dict]:
         """Every record of metrics.jsonl (only ``kind`` = 'train' or 'eval' if given)."""
@@ -340,7 +485,32 @@ def _parse_line(line: bytes) -> dict | None:
         rec = json.loads(line)
     except ValueError:
         return None
-    return rec if isinstance(rec, dict) else None
+    return clean_record(rec) if isinstance(rec, dict) else None
+
+
+# Record fields that hold numbers: a value of another type ("fast") is read as missing (null).
+NUMERIC_FIELDS = frozenset(("tokens", "time", "wall", "loss", "ppl", "lr", "grad_norm", "tokens_per_s", "mfu",
+                            "peak_mem", "val_loss", "val_ppl", "val_bpb"))
+_NUMBER_TYPES = (int, float, type(None))
+
+
+def clean_record(rec: dict) -> dict | None:
+    """A metrics/events record with values of the wrong type set to None, or None for a record that
+    cannot be placed at all (a ``step`` that is not a whole number >= 0, a ``type`` that is not a string).
+
+    Non-finite floats (``NaN``, ``Infinity``) are numbers and are kept: readers draw them as marks.
+    """
+    step = rec.get("step", 0)
+    if type(step) is not int or step < 0 or not isinstance(rec.get("type", ""), str):
+        return None
+    for key in NUMERIC_FIELDS.intersection(rec):
+        if type(rec[key]) not in _NUMBER_TYPES:
+            rec[key] = None
+    return rec
+
+
+def _finite(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
 
 
 class MetricsTail:
@@ -394,7 +564,7 @@ def _parse_lines(block: bytes) -> list[dict]:
     try:  # one C-level parse is several times faster than a loads() per line
         recs = json.loads(b"[" + b",".join(lines) + b"]")
         if all(isinstance(r, dict) for r in recs):
-            return recs
+            return [r for r in map(clean_record, recs) if r is not None]
     except ValueError:
         pass
     return [r for r in (_parse_line(ln) for ln in lines) if r is not None]
@@ -416,6 +586,10 @@ class RunSummary:
     tokens_per_s: float | None
     started: float | None
     message: str = ""
+    problem: str = ""
+    """What of the run's files could not be read ('' when everything could)."""
+    reconstructed: bool = False
+    """The state and numbers come (partly) from the run's records, its status.json could not say."""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -428,11 +602,20 @@ def summarize_run(path: str | os.PathLike) -> RunSummary:
     rd = RunDir(path)
     st = rd.status()
     last = rd.last_record("train")
+    speed = (last or {}).get("tokens_per_s")
     return RunSummary(
-        name=rd.name, path=rd.path, state=st.state, step=int(st.step or 0),
-        total_steps=int(st.total_steps or 0), best_val_loss=st.best_val_loss, best_val_bpb=st.best_val_bpb,
-        tokens_per_s=(last or {}).get("tokens_per_s"), started=st.started, message=st.message or "",
+        name=rd.name, path=rd.path, state=st.state, step=st.step, total_steps=st.total_steps,
+        best_val_loss=st.best_val_loss, best_val_bpb=st.best_val_bpb,
+        tokens_per_s=speed if _finite(speed) else None, started=st.started, message=st.message,
+        problem="; ".join(st.problems), reconstructed=st.reconstructed,
     )
+
+
+def unreadable_run(path: str | os.PathLike, why: str) -> RunSummary:
+    """The row of a run directory that could not be read at all."""
+    p = Path(path)
+    return RunSummary(name=p.name, path=p, state="unreadable", step=0, total_steps=0, best_val_loss=None,
+                      best_val_bpb=None, tokens_per_s=None, started=None, problem=why)
 
 
 def list_runs(runs_dir: str | os.PathLike = "runs") -> list[RunSummary]:
@@ -443,6 +626,9 @@ def list_runs(runs_dir: str | os.PathLike = "runs") -> list[RunSummary]:
     out = []
     for child in root.iterdir():
         if child.is_dir() and RunDir(child).exists():
-            out.append(summarize_run(child))
+            try:  # one run's unreadable files must not hide the others
+                out.append(summarize_run(child))
+            except (OSError, ValueError) as e:
+                out.append(unreadable_run(child, f"{type(e).__name__}: {e}"))
     out.sort(key=lambda r: (r.started or 0.0, r.name), reverse=True)
     return out

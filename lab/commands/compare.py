@@ -13,7 +13,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "config keys whose values differ. Example: lab compare runs/a runs/b --plot --smooth 20",
     )
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--runs-dir", default="runs", help="where run names are looked up (default: runs)")
+    p.add_argument("--runs-dir", default=None, metavar="DIR",
+                   help="where run names are looked up (default: runs, or $LAB_RUNS_DIR)")
     p.add_argument("--metric", default="val_loss",
                    help="what --plot draws: val_loss, val_bpb, val_ppl (eval) or loss, lr, grad_norm ... (train)")
     p.add_argument("--plot", action="store_true", help="draw the metric of every run overlaid in the terminal")

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "A runner that was killed resumes its interrupted runs from their checkpoints when restarted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--runs-dir", default=os.environ.get("LAB_RUNS_DIR", "runs"), help=RUNS_DIR_HELP)
+    p.add_argument("--runs-dir", default=None, metavar="DIR", help=RUNS_DIR_HELP)
     sub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
 
     a = sub.add_parser("add", help="add experiment files (each with the same --set overrides)")
@@ -175,15 +175,11 @@ def _list(store, args) -> int:
     state = store.read()
     rows = []
     for e in state.entries:
-        run_status = {}
-        if e.run_dir:
-            try:
-                run_status = RunDir(e.run_dir).status()
-            except Exception:  # not started yet or half-written: show the entry alone
-                run_status = {}
+        # The run's status, type-checked (a broken status.json reads as what its records say).
+        run_status = RunDir(e.run_dir).status().to_dict() if e.run_dir and Path(e.run_dir).is_dir() else {}
         rows.append((e, run_status))
     if args.json:
-        print(json.dumps([dict(e.to_dict(), run_status=s) for e, s in rows], indent=1))
+        print(json.dumps([dict(e.to_dict(), run_status=s) for e, s in rows], indent=1, default=str))
         return 0
     if not rows:
         print(f"queue: empty ({store.path})")

@@ -118,7 +118,7 @@ class _Display:
             from lm.runs import RunDir
 
             self.step0, self.t0 = rec["step"], time.perf_counter()
-            self.total = int(RunDir(self.run_dir).raw_status().get("total_steps") or 0)
+            self.total = RunDir(self.run_dir).status().total_steps
             self.line(rec["message"])
             self.started(rec)
         elif kind == "prepare":

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", nargs="+", metavar="SWEEP.toml | report NAME")
-    p.add_argument("--runs-dir", default="runs", help="runs folder (queue, run directories, runs/sweeps/NAME)")
+    p.add_argument("--runs-dir", default=None, metavar="DIR",
+                   help="runs folder (queue, run directories, runs/sweeps/NAME; default: runs, or $LAB_RUNS_DIR)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="trials at once (one GPU each if several)")
     p.add_argument("--gpus", default=None, metavar="IDS", help="comma-separated GPU ids (default: all visible)")
     p.add_argument("--name", default=None, help="sweep name (default: the file's `name`, else its file name)")

@@ -169,22 +169,30 @@ class QueueStore:
     # ---- reading and writing -------------------------------------------------
 
     def read(self) -> QueueState:
-        """A consistent snapshot without taking the lock (writes are atomic renames)."""
+        """A consistent snapshot without taking the lock (writes are atomic renames).
+
+        The file is checked before it is trusted: a wrong type, a duplicate id or
+        an unknown format version is a :class:`QueueError` naming the entry.
+        """
         try:
             text = self.path.read_text()
         except FileNotFoundError:
             return QueueState()
+        except (OSError, UnicodeDecodeError) as e:
+            raise QueueError(f"cannot read the queue file {self.path} ({e})") from None
         try:
             raw = json.loads(text)
-            return QueueState(
-                entries=[QueueEntry.from_dict(e) for e in raw.get("entries", [])],
-                runners=[RunnerRecord.from_dict(r) for r in raw.get("runners", [])],
-                next_id=int(raw.get("next_id", 1)),
-            )
-        except (ValueError, TypeError, AttributeError) as e:
+        except ValueError as e:
             raise QueueError(
                 f"{self.path} is not a valid queue file ({e}); move it aside to start an empty queue"
             ) from None
+        problems = queue_file_problems(raw)
+        if problems:
+            raise QueueError(f"{self.path} is not a valid queue file: {'; '.join(problems)}. Fix it by hand, or "
+                             "move it aside to start an empty queue")
+        entries = [QueueEntry.from_dict(e) for e in raw.get("entries", [])]
+        return QueueState(entries=entries, runners=[RunnerRecord.from_dict(r) for r in raw.get("runners", [])],
+                          next_id=max([raw.get("next_id", 1)] + [e.id + 1 for e in entries]))
 
     def _write(self, state: QueueState) -> None:
         payload = {
@@ -330,6 +338,92 @@ class QueueStore:
                 e.message = "interrupted (its runner died); will resume from its last checkpoint"
                 out.append(e)
         return out
+
+
+# ---- checking a queue file ---------------------------------------------------
+
+_TEXT, _OPT_TEXT, _INT, _OPT_INT, _NUM, _OPT_NUM, _BOOL, _TEXTS = (
+    "a string", "a string or null", "a whole number", "a whole number or null", "a number",
+    "a number or null", "true or false", "a list of strings")
+ENTRY_FIELDS = {"id": _INT, "experiment": _TEXT, "overrides": _TEXTS, "name": _TEXT, "cwd": _TEXT,
+                "status": "status", "run_dir": _OPT_TEXT, "attempts": _INT, "runner_pid": "pid",
+                "runner_host": _OPT_TEXT, "pid": "pid", "gpu": _OPT_TEXT, "added": _NUM, "started": _OPT_NUM,
+                "finished": _OPT_NUM, "exit_code": _OPT_INT, "message": _TEXT, "sweep": _OPT_TEXT,
+                "trial": _OPT_INT, "pruned": _BOOL}
+RUNNER_FIELDS = {"pid": "pid", "host": _TEXT, "started": _NUM, "workers": _INT, "sweep": _OPT_TEXT,
+                 "stop": "stop"}
+_REQUIRED_ENTRY = ("id", "experiment")
+_REQUIRED_RUNNER = ("pid", "host", "started", "workers")
+
+
+def _value_ok(kind: str, v) -> bool:
+    from lm.runs import MAX_PID
+
+    is_int = type(v) is int
+    is_num = type(v) in (int, float) and v == v and abs(v) != float("inf")
+    return {
+        _TEXT: isinstance(v, str), _OPT_TEXT: v is None or isinstance(v, str),
+        _INT: is_int and v >= 0, _OPT_INT: v is None or is_int,
+        _NUM: is_num, _OPT_NUM: v is None or is_num, _BOOL: type(v) is bool,
+        _TEXTS: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "status": v in STATUSES, "pid": v is None or (is_int and 0 < v <= MAX_PID),
+        "stop": v in (None, "now", "drain"),
+    }[kind]
+
+
+def _expected(kind: str) -> str:
+    if kind == "status":
+        return "one of " + ", ".join(STATUSES)
+    if kind == "pid":
+        return "a process id or null"
+    if kind == "stop":
+        return 'null, "now" or "drain"'
+    return kind
+
+
+def _record_problems(what: str, rec, fields: dict, required: tuple) -> list[str]:
+    if not isinstance(rec, dict):
+        return [f"{what} is {type(rec).__name__}, not an object"]
+    out = [f"{what} has no {k!r}" for k in required if k not in rec]
+    for key, value in rec.items():
+        kind = fields.get(key)
+        if kind is not None and not _value_ok(kind, value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:40] + "..."
+            out.append(f"{what}: {key} is {shown}, not {_expected(kind)}")
+    return out
+
+
+def queue_file_problems(raw) -> list[str]:
+    """Everything wrong with the parsed content of a queue.json (empty when it can be trusted)."""
+    if not isinstance(raw, dict):
+        return [f"it holds {type(raw).__name__}, not an object"]
+    problems = []
+    version = raw.get("version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        problems.append(f"format version {json.dumps(version)} is not one this lab reads (version "
+                        f"{FORMAT_VERSION}); it was written by another version of lab")
+    if "next_id" in raw and not _value_ok(_INT, raw["next_id"]):
+        problems.append(f"next_id is {json.dumps(raw['next_id'])}, not a whole number")
+    entries, runners = raw.get("entries", []), raw.get("runners", [])
+    for key, value in (("entries", entries), ("runners", runners)):
+        if not isinstance(value, list):
+            problems.append(f"{key} is {type(value).__name__}, not a list")
+    if not isinstance(entries, list):
+        entries = []
+    seen: dict[int, int] = {}
+    for i, e in enumerate(entries):
+        entry_id = e.get("id") if isinstance(e, dict) else None
+        what = f"entry {entry_id}" if type(entry_id) is int else f"entry #{i + 1}"
+        problems += _record_problems(what, e, ENTRY_FIELDS, _REQUIRED_ENTRY)
+        if type(entry_id) is int:
+            if entry_id in seen:
+                problems.append(f"entry id {entry_id} is used twice (entries #{seen[entry_id]} and #{i + 1}); "
+                                "ids must be unique")
+            seen.setdefault(entry_id, i + 1)
+    for i, r in enumerate(runners if isinstance(runners, list) else []):
+        problems += _record_problems(f"runner #{i + 1}", r, RUNNER_FIELDS, _REQUIRED_RUNNER)
+    return problems
 
 
 def is_orphan(entry: QueueEntry) -> bool:

@@ -33,7 +33,7 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
-        previous = RunDir(self.run_dir).raw_status()
+        previous = RunDir(self.run_dir).status().to_dict()  # type-checked: a resume never trusts a bad value
         now = time.time()
         self.status = {
             "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
