@@ -8,52 +8,83 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
-from pathlib import Path
+import pickle
+import re
 from typing import IO, Any, BinaryIO
 
 import torch
 
+from lm.atomic import atomic_write
 from lm.errors import CheckpointError
 
 PathOrFile = str | os.PathLike | BinaryIO | IO[bytes]
+_UNSAFE_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", re.IGNORECASE)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to ``path`` via a temp file + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """torch.save to ``path`` atomically (:func:`lm.atomic.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _legacy_numpy_globals() -> list:
+    """What an lm checkpoint written before plain-type RNG states needs: numpy's array rebuild.
+
+    Those checkpoints hold ``np.random.get_state()`` (a uint32 array). The
+    functions listed rebuild a numeric array and run nothing else, so they are
+    allowed, for these loads only, next to torch's own weights-only set.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        import numpy as np
+    except ImportError:
+        return []
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [dtypes.UInt32DType, dtypes.Float64DType, dtypes.Int64DType]
+    return allowed
 
 
 def torch_load(src: PathOrFile, map_location="cpu") -> Any:
-    """torch.load with a clear error for a missing, truncated or foreign file."""
+    """Load a checkpoint with ``torch.load(weights_only=True)``: tensors and plain Python values only.
+
+    A checkpoint is data, never code: a file holding anything else (a pickled
+    object whose loading would run code) is refused with a CheckpointError
+    naming the file and what it holds, as is a missing, truncated or foreign file.
+    """
     name = src if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<file object>")
     try:
-        # weights_only=False: our checkpoints carry RNG states and plain Python config dicts.
-        return torch.load(src, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            return torch.load(src, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {name} does not exist") from None
-    except Exception as e:  # torch raises many types for corrupt files
+    except pickle.UnpicklingError as e:
+        found = _UNSAFE_GLOBAL.search(str(e))
+        if found is None:  # not an object torch refused: a torn or foreign file
+            raise CheckpointError(_unreadable(name, _short(e))) from None
+        what = f" ({found.group(1)})"
         raise CheckpointError(
-            f"checkpoint {name} cannot be read ({type(e).__name__}: {e}); it may be truncated or not a "
-            "checkpoint written by lm. Use another checkpoint (for example the run's latest.pt or best.pt)."
+            f"checkpoint {name} holds Python objects other than tensors and plain values{what}; loading it "
+            "could run code, so it is refused. lm checkpoints hold only tensors, numbers, strings, lists and "
+            "dicts: use a checkpoint written by lab, or one from a source you trust converted to that form."
         ) from None
+    except Exception as e:  # torch raises many types for corrupt files
+        raise CheckpointError(_unreadable(name, e)) from None
+
+
+def _short(e: Exception) -> Exception:
+    """torch's weights-only errors are a page of advice; keep the line that says what was wrong."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n", 1)[0].strip()
+        return type(e)(detail or text)
+    return e
+
+
+def _unreadable(name, e: Exception) -> str:
+    return (f"checkpoint {name} cannot be read ({type(e).__name__}: {e}); it may be truncated or not a "
+            "checkpoint written by lm. Use another checkpoint: `--checkpoint best`, `latest` or `step_N` "
+            "(`lab run --resume DIR --checkpoint step_N` continues from one).")
 
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
@@ -84,3 +115,23 @@ def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, i
     buf = io.BytesIO()
     save_checkpoint(model, optimizer, iteration, buf)
     return buf.getvalue()
+
+
+def check_tokenizer(ckpt: dict, tokenizer, ckpt_path, tokenizer_dir) -> None:
+    """Refuse a tokenizer other than the one the checkpoint was trained with (its recorded fingerprint).
+
+    A model reads token ids; with another tokenizer (a retrained or edited
+    ``tokenizer/``) the same ids mean other text, and training or sampling
+    goes on silently on garbage. Checkpoints without a fingerprint (written
+    before it was recorded) are not checked.
+    """
+    recorded = ckpt.get("tokenizer_fingerprint")
+    if not isinstance(recorded, str) or tokenizer is None or not hasattr(tokenizer, "fingerprint"):
+        return
+    actual = tokenizer.fingerprint()
+    if actual != recorded:
+        raise CheckpointError(
+            f"the tokenizer in {tokenizer_dir} (fingerprint {actual[:12]}...) is not the one {ckpt_path} was "
+            f"trained with (fingerprint {recorded[:12]}...): its vocab.json, merges.txt or special tokens were "
+            "changed or replaced. Put the run's original tokenizer files back, or start a new run directory."
+        )

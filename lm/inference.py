@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lm.checkpoint import torch_load
+from lm.checkpoint import check_tokenizer, torch_load
 from lm.config.schema import ModelConfig
 from lm.errors import CheckpointError, LabError
 
@@ -167,6 +167,7 @@ def open_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
     ckpt_path = run.checkpoint(checkpoint)
     model, exp, rest = load_model(ckpt_path, device, dtype)
     tokenizer = load_tokenizer(run.tokenizer_dir)
+    check_tokenizer(rest, tokenizer, ckpt_path, run.tokenizer_dir)
     n_tok = getattr(tokenizer, "vocab_size", None)
     if n_tok is not None and n_tok > model.cfg.vocab_size:
         raise CheckpointError(f"the tokenizer in {run.tokenizer_dir} has {n_tok} tokens but the model in "

@@ -14,13 +14,14 @@ import json
 import math
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from lm.atomic import atomic_write
 from lm.errors import CheckpointError, ConfigError
+from lm.processes import DEAD, REUSED, process_state
 
 CONFIG_FILE = "config.toml"
 STATUS_FILE = "status.json"
@@ -47,18 +48,8 @@ def json_safe(value: Any) -> Any:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON via a temp file and rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(json_safe(obj), f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a status file is for every reader
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as JSON atomically (:func:`lm.atomic.atomic_write`): readers never see half a file."""
+    atomic_write(path, json.dumps(json_safe(obj)))
 
 
 class JsonLinesWriter:
@@ -102,10 +93,7 @@ def truncate_jsonl_after_step(path: str | os.PathLike, step: int) -> int:
                 continue
             kept.append(line)
     if dropped:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        atomic_write(path, b"".join(kept))
     return dropped
 
 
@@ -340,7 +328,9 @@ class RunDir:
         A status.json that is missing (while the run has records), broken, or has
         values of the wrong type is never trusted: what it cannot say is
         reconstructed from events.jsonl and metrics.jsonl (``reconstructed``),
-        and ``problems`` says what was wrong.
+        and ``problems`` says what was wrong. A pid that is alive but started after
+        the run recorded it (``pid_start``: the pid was reused, say after a reboot)
+        is dead too, so nobody is told to stop an unrelated process.
         """
         raw, why = self._read_status_file()
         st = RunStatus.from_dict(raw) if raw is not None else RunStatus()
@@ -349,7 +339,7 @@ class RunDir:
         if raw is None or st.problems:
             self._reconstruct(st, whole=raw is None)
         if (st.state == "running" and st.pid and st.host == socket.gethostname()
-                and not pid_alive(int(st.pid))):
+                and process_state(st.pid, st.host, st.extra.get("pid_start")) in (DEAD, REUSED)):
             st.state = "stopped"
             st.message = st.message or "the training process ended without saying so (killed?)"
         return st

@@ -27,6 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "runs/<name>-<time> directory")
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR with its own config.toml (--set may change e.g. training.steps)")
+    p.add_argument("--checkpoint", metavar="WHICH",
+                   help="with --resume/--run-dir: continue from latest (default), best, step_N or a file "
+                        "(for when latest.pt is damaged)")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:N or mps (beats training.device)")
     return p
 
@@ -54,7 +57,7 @@ def run(args) -> int:
     try:
         code = run_experiment(cfg, run_dir=args.run_dir, resume=args.resume, progress=display,
                               device=args.device, overrides=args.overrides if args.resume else (),
-                              summary=summary)
+                              summary=summary, checkpoint=args.checkpoint)
     finally:
         display.close()
     display.print_summary(code, summary)

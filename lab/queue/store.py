@@ -24,12 +24,12 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from lm.atomic import atomic_write
 from lm.errors import LabError
 
 STATUSES = ("pending", "running", "done", "failed", "stopped", "diverged")
@@ -201,18 +201,7 @@ class QueueStore:
             "entries": [e.to_dict() for e in state.entries],
             "runners": [dataclasses.asdict(r) for r in state.runners],
         }
-        fd, tmp = tempfile.mkstemp(prefix=".queue.", suffix=".tmp", dir=self.runs_dir)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload, f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, json.dumps(payload, indent=1) + "\n")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[QueueState]:

@@ -24,7 +24,6 @@ import functools
 import math
 import os
 import re
-import tempfile
 import tomllib
 import types
 import typing
@@ -32,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lm.atomic import atomic_write
 from lm.config.schema import PRESETS, SECTIONS, ExperimentConfig, to_dict
 from lm.config.rules import NAMED_DATASETS, check_rules, resolve_path  # noqa: F401 (NAMED_DATASETS re-exported)
 from lm.config.toml_lines import key_lines
@@ -553,18 +553,5 @@ def dump_experiment(cfg: ExperimentConfig) -> str:
 
 
 def write_resolved(cfg: ExperimentConfig, path) -> Path:
-    """Write :func:`dump_experiment` to ``path`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dump_experiment(cfg))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a config is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write :func:`dump_experiment` to ``path`` atomically (:func:`lm.atomic.atomic_write`)."""
+    return atomic_write(path, dump_experiment(cfg))

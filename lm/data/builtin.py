@@ -33,13 +33,13 @@ import platform
 import re
 import sys
 import sysconfig
-import tempfile
 import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lm.atomic import atomic_write
 from lm.data.paths import cache_root
 
 # Bump whenever the extraction changes its output, so caches are rebuilt.
@@ -89,8 +89,8 @@ def builtin_corpus_path(cache_dir: str | os.PathLike | None = None, *, progress:
     data = text.encode("utf-8")
     stats.update(bytes=len(data), seconds=round(time.perf_counter() - start, 2), key=corpus_key(),
                  python=sys.version.split()[0], stdlib=str(stdlib_dir()))
-    _atomic_write(path, data)
-    _atomic_write(path.with_suffix(".json"), (json.dumps(stats, indent=1) + "\n").encode())
+    atomic_write(path, data)
+    atomic_write(path.with_suffix(".json"), (json.dumps(stats, indent=1) + "\n").encode())
     return path
 
 
@@ -303,14 +303,3 @@ def _pydoc_topics(tree: ast.AST) -> Iterator[list[str]]:
             return
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from lm.atomic import atomic_rename, atomic_write
 from lm.data.registry import Dataset, RemoteFile, dataset_dir, get_dataset, human_bytes
 from lm.errors import DataError
 
@@ -67,7 +68,7 @@ def download_dataset(dataset: str | Dataset, dest: str | os.PathLike | None = No
             fetched.unlink()
         else:
             if fetched != final:
-                os.replace(fetched, final)
+                atomic_rename(fetched, final)
             entry["size"], entry["sha256"] = size, sha256
         manifest[remote_file.local] = entry
         write_manifest(directory, manifest)
@@ -112,7 +113,7 @@ def fetch(url: str, path: Path, *, expected_size: int | None = None, expected_sh
             f"{label} downloaded from {url} is corrupt: its sha256 is {sha256}, expected {expected_sha256}. "
             "The download was deleted; run the command again to download it afresh."
         )
-    os.replace(part, path)
+    atomic_rename(part, path)
     return size, sha256
 
 
@@ -172,24 +173,28 @@ def _response_span(response, have: int, url: str) -> tuple[int, int | None]:
 
 
 def gunzip(src: Path, dst: Path, *, progress: Progress | None = None) -> tuple[int, str]:
-    """Decompress ``src`` to ``dst`` (via a .part file); return the size and sha256 of the result."""
-    part = dst.with_name(dst.name + ".part")
+    """Decompress ``src`` to ``dst`` atomically; return the size and sha256 of the result."""
     digest = hashlib.sha256()
     size = 0
     total = src.stat().st_size
-    try:
-        with open(src, "rb") as raw, gzip.GzipFile(fileobj=raw) as zin, open(part, "wb") as out:
+
+    def copy(out) -> None:
+        nonlocal size
+        with open(src, "rb") as raw, gzip.GzipFile(fileobj=raw) as zin:
             while chunk := zin.read(CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
                 if progress is not None:
                     progress(f"decompress {src.name}", raw.tell(), total)
-    except (OSError, EOFError, zlib.error) as e:
-        part.unlink(missing_ok=True)
+
+    try:
+        atomic_write(dst, copy)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         src.unlink(missing_ok=True)
         raise DataError(f"{src} is not a valid gzip file ({e}); it was deleted, run the command again") from None
-    os.replace(part, dst)
+    except OSError as e:
+        raise DataError(f"cannot decompress {src} into {dst} ({e.strerror or e})") from None
     return size, digest.hexdigest()
 
 
@@ -218,9 +223,7 @@ def read_manifest(directory: Path) -> dict:
 
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Write ``manifest.json`` atomically."""
-    tmp = directory / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, directory / "manifest.json")
+    atomic_write(directory / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def local_file_ok(remote_file: RemoteFile, path: Path, manifest: dict) -> bool:

@@ -29,17 +29,20 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm.atomic import atomic_rename, atomic_write
 from lm.config.schema import ExperimentConfig
 from lm.data.paths import cache_root
 from lm.data.sources import TextSource, resolve_source
 from lm.data.text import JoinedText, check_range, split_point, write_range
 from lm.errors import ConfigError, DataError
+from lm.processes import DEAD, REUSED, identity, process_state
 
 Progress = Callable[[str, int, int], None]
 
@@ -217,6 +220,7 @@ class _TextPlan:
         return self._write(text, lo, hi, name)
 
     def _write(self, text: JoinedText, lo: int, hi: int, name: str) -> Path:
+        make_temp_dir(self.work)
         path = self.work / name
         write_range(text, lo, hi, path, progress=self.progress, stage=f"writing {name}")
         return path
@@ -262,8 +266,7 @@ def _cached_or_trained_tokenizer(cfg: ExperimentConfig, plan: _TextPlan, cache: 
 
     vocab, merges = train_bpe(text, tok_cfg.vocab_size, specials, progress=report)
     tokenizer = Tokenizer(vocab, merges, special_tokens=specials)
-    tmp = directory.with_name(f"{key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = make_temp_dir(directory.with_name(f"{key}.tmp-{os.getpid()}"))
     tokenizer.save(tmp)
     _publish(tmp, directory, _tokenizer_complete)
     return tokenizer, True
@@ -272,9 +275,7 @@ def _cached_or_trained_tokenizer(cfg: ExperimentConfig, plan: _TextPlan, cache: 
 def _encode(plan: _TextPlan, tokenizer, entry: Path, progress: Progress | None) -> dict:
     """Encode the training and validation text into a new cache entry; return its meta."""
     train_text, val_text, label = plan.texts()
-    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = make_temp_dir(entry.with_name(f"{entry.name}.tmp-{os.getpid()}"))
     start = time.perf_counter()
     infos = {}
     for name, text, out in (("train", train_text, TRAIN_FILE), ("val", val_text, VAL_FILE)):
@@ -290,7 +291,7 @@ def _encode(plan: _TextPlan, tokenizer, entry: Path, progress: Progress | None) 
         "train_tokens": int(infos["train"].num_tokens), "val_tokens": int(infos["val"].num_tokens),
         "train_bytes": int(infos["train"].num_bytes), "val_bytes": int(infos["val"].num_bytes),
     }
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write(tmp / META_FILE, json.dumps(meta, indent=1) + "\n")
     _publish(tmp, entry, lambda d: _read_meta(d) is not None)
     return _read_meta(entry) or meta
 
@@ -302,33 +303,62 @@ def _publish(tmp: Path, final: Path, is_complete: Callable[[Path], bool]) -> Non
     not complete was damaged (a file deleted by hand): it is replaced.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    (tmp / TEMP_MARKER).unlink(missing_ok=True)
     if final.exists() and not is_complete(final):
         shutil.rmtree(final, ignore_errors=True)
     try:
-        os.replace(tmp, final)
+        atomic_rename(tmp, final)
     except OSError:
         if not final.is_dir():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_temporaries(cache: Path) -> None:
-    """Delete half-made directories left by preparations that were killed (their process is gone)."""
-    for pattern in ("tokens/*.tmp-*", "tokenizers/*.tmp-*", "work/*-*"):
-        for path in cache.glob(pattern):
-            pid = path.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _process_alive(int(pid)):
+# Temporary folders are named <20 hex digits>-<pid> (work/) or <20 hex digits>.tmp-<pid> (tokens/,
+# tokenizers/) and hold a marker naming the process that made them; nothing else is ever deleted.
+TEMP_MARKER = ".lab-temporary"
+_TEMP_DIRS = {"work": re.compile(r"^[0-9a-f]{20}-\d+$"), "tokens": re.compile(r"^[0-9a-f]{20}\.tmp-\d+$"),
+              "tokenizers": re.compile(r"^[0-9a-f]{20}\.tmp-\d+$")}
+
+
+def make_temp_dir(path: Path) -> Path:
+    """Create (afresh) one of this process's temporary folders, with the marker that lets a later cleanup
+    know lab made it and which process it belonged to."""
+    if not (path / TEMP_MARKER).is_file():
+        if path.exists():  # a folder of ours from a dead process with this pid: its marker is gone
+            shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        atomic_write(path / TEMP_MARKER, json.dumps(identity()) + "\n")
+    return path
+
+
+def remove_stale_temporaries(cache: Path) -> list[Path]:
+    """Delete temporary folders left by preparations that were killed; return what was deleted.
+
+    Only a folder that lab provably made is deleted: its name has lab's pattern, it sits in the
+    cache's work/, tokens/ or tokenizers/, and its marker names a process of this host that has
+    ended. Anything else (a user's ``work/thesis-2024/``) is never touched.
+    """
+    removed = []
+    for folder, pattern in _TEMP_DIRS.items():
+        parent = cache / folder
+        try:
+            children = list(parent.iterdir()) if parent.is_dir() and not parent.is_symlink() else []
+        except OSError:
+            continue
+        for path in children:
+            if not pattern.match(path.name) or path.is_symlink() or not path.is_dir():
+                continue
+            try:
+                owner = json.loads((path / TEMP_MARKER).read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(owner, dict) or owner.get("pid") != int(path.name.rsplit("-", 1)[1]):
+                continue
+            if process_state(owner.get("pid"), owner.get("host"), owner.get("pid_start")) in (DEAD, REUSED):
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+                removed.append(path)
+    return removed
 
 
 def _tokenizer_complete(directory: Path) -> bool:

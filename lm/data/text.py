@@ -9,11 +9,11 @@ that the bytes are UTF-8, naming the file and byte offset of the first bad one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm.atomic import atomic_write
 from lm.errors import DataError
 
 Progress = Callable[[str, int, int], None]
@@ -207,18 +207,15 @@ def _line_of(path: Path, offset: int) -> int:
 def write_range(text: JoinedText, start: int, end: int, dst: Path, *, progress: Progress | None = None,
                 stage: str = "writing text") -> int:
     """Copy bytes [start, end) of ``text`` to ``dst`` (checking UTF-8); return the byte count."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
     written = 0
-    try:
-        with open(tmp, "wb") as out:
-            for chunk in iter_checked(text, start, end, progress=progress, stage=stage):
-                out.write(chunk)
-                written += len(chunk)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    def copy(out) -> None:
+        nonlocal written
+        for chunk in iter_checked(text, start, end, progress=progress, stage=stage):
+            out.write(chunk)
+            written += len(chunk)
+
+    atomic_write(dst, copy)
     return written
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -144,6 +145,35 @@ def resolve_workers(workers: int | None) -> int:
     if workers < 1:
         raise DataError(f"workers must be at least 1, got {workers}")
     return workers
+
+
+_WORKER_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _reset_worker_signals(initializer, initargs) -> None:
+    """In a fresh worker: default SIGTERM (so ``Pool.terminate`` ends it), ignored SIGINT (a Ctrl-C on
+    the terminal goes to the parent, which stops the pool, instead of a traceback from every worker)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def worker_pool(context, processes: int, initializer=None, initargs=()):
+    """A ``multiprocessing.Pool`` whose workers do not run the parent's signal handlers.
+
+    A forked worker inherits handlers such as ``lab run``'s SIGTERM-means-checkpoint,
+    and a worker that only sets a flag on SIGTERM never ends: ``Pool.terminate()``
+    then waits for ever. SIGINT and SIGTERM stay blocked while the workers are
+    started (a signal arriving then is delivered to the parent once they are) and
+    each worker resets both before running ``initializer``.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+    try:
+        return context.Pool(processes, initializer=_reset_worker_signals, initargs=(initializer, initargs))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def pool_context():

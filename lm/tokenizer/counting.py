@@ -22,6 +22,7 @@ from lm.tokenizer.chunks import (
     pool_context,
     read_text_chunk,
     resolve_workers,
+    worker_pool,
 )
 from lm.tokenizer.pretokenize import PRETOKEN_RE, special_splitter
 
@@ -86,7 +87,7 @@ def count_pretokens(input_path: str | os.PathLike, special_tokens: Sequence[str]
         results = map(_count_chunk, tasks)
         pool = None
     else:
-        pool = pool_context().Pool(min(workers, len(tasks)))
+        pool = worker_pool(pool_context(), min(workers, len(tasks)))
         results = pool.imap_unordered(_count_chunk, tasks)
     try:
         for counts, n_special, n_bytes in results:

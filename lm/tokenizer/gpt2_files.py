@@ -21,6 +21,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
+from lm.atomic import atomic_write
 from lm.errors import TokenizerError
 from lm.tokenizer.byte_unicode import bytes_to_printable, printable_to_bytes
 
@@ -122,12 +123,6 @@ def read_merges(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
     return read_merges_with_lines(path)[0]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_tokenizer_files(directory: str | os.PathLike, vocab: Mapping[int, bytes],
                           merges: Sequence[tuple[bytes, bytes]], special_tokens: Sequence[str]) -> Path:
     """Write vocab.json, merges.txt and special_tokens.json into ``directory`` (created if needed)."""
@@ -146,10 +141,10 @@ def write_tokenizer_files(directory: str | os.PathLike, vocab: Mapping[int, byte
                     "token (such as 'Ġ') cannot be told apart. Use special tokens like '<|name|>'"
                 )
             entries[token] = idx
-        _write_atomic(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
+        atomic_write(directory / VOCAB_FILE, json.dumps(entries, ensure_ascii=False, indent=0) + "\n")
         lines = ["#version: 0.2"] + [f"{bytes_to_printable(a)} {bytes_to_printable(b)}" for a, b in merges]
-        _write_atomic(directory / MERGES_FILE, "\n".join(lines) + "\n")
-        _write_atomic(directory / SPECIAL_TOKENS_FILE, json.dumps(list(special_tokens), ensure_ascii=False) + "\n")
+        atomic_write(directory / MERGES_FILE, "\n".join(lines) + "\n")
+        atomic_write(directory / SPECIAL_TOKENS_FILE, json.dumps(list(special_tokens), ensure_ascii=False) + "\n")
     except OSError as e:
         raise TokenizerError(f"cannot write tokenizer files into {directory} ({e.strerror or e})") from None
     return directory

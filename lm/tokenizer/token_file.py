@@ -15,6 +15,7 @@ memory stays bounded whatever the file size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lm.atomic import atomic_write, write_error_message
 from lm.errors import DataError
 from lm.tokenizer.chunks import (
     MAX_CHUNK_BYTES,
@@ -34,6 +36,7 @@ from lm.tokenizer.chunks import (
     pool_context,
     read_text_chunk,
     resolve_workers,
+    worker_pool,
 )
 from lm.tokenizer.counting import PARALLEL_MIN_BYTES
 
@@ -61,6 +64,8 @@ class TokenFileInfo:
     """size of the source text in bytes (for bits per byte)"""
     source: str
     """absolute path of the source text"""
+    sha256: str | None = None
+    """sha256 of the token file's bytes (None in sidecars written before it was recorded)"""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,11 +106,11 @@ def _start_pool(context, tokenizer: Tokenizer, processes: int):
     if context.get_start_method() == "fork":
         _worker_tokenizer = tokenizer
         try:
-            return context.Pool(processes)
+            return worker_pool(context, processes)
         finally:
             _worker_tokenizer = None
-    return context.Pool(processes, initializer=_init_worker,
-                        initargs=(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens))
+    return worker_pool(context, processes, initializer=_init_worker,
+                       initargs=(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens))
 
 
 def _encode_task(task: tuple[str, int, int, str]) -> tuple[bytes, int, int]:
@@ -135,54 +140,47 @@ def encode_file(tokenizer: Tokenizer, input_path: str | os.PathLike, output_path
         workers = 1
     chunk_bytes = chunk_size_for(size, workers) if workers > 1 else MAX_CHUNK_BYTES
     chunks = plan_chunks(src, size, tokenizer.special_tokens, chunk_bytes)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        f = open(tmp, "wb")
-    except OSError as e:
-        raise DataError(f"cannot write token file {out} ({e.strerror or e})") from None
     pool = None
     num_tokens = 0
     done = 0
+    digest = hashlib.sha256()
+
+    def write_ids(f) -> None:
+        nonlocal pool, num_tokens, done
+        todo = chunks
+        if workers == 1 or len(todo) == 1:
+            results = (_encode_range(tokenizer, src, s, e, typecode) for s, e in todo)
+        else:
+            context = pool_context()
+            first = []
+            if context.get_start_method() == "fork":
+                # Encode one chunk here first: forked workers inherit the warm caches
+                # instead of each paying for the common words again.
+                first = [_encode_range(tokenizer, src, *todo[0], typecode)]
+                todo = todo[1:]
+            pool = _start_pool(context, tokenizer, min(workers, len(todo)))
+            results = chain(first, pool.imap(_encode_task, [(src, s, e, typecode) for s, e in todo]))
+        for data, n_tokens, n_bytes in results:
+            f.write(data)
+            digest.update(data)
+            num_tokens += n_tokens
+            done += n_bytes
+            if progress is not None:
+                progress(done, size)
+
     try:
-        with f:
-            if workers == 1 or len(chunks) == 1:
-                results = (_encode_range(tokenizer, src, s, e, typecode) for s, e in chunks)
-            else:
-                context = pool_context()
-                first = []
-                if context.get_start_method() == "fork":
-                    # Encode one chunk here first: forked workers inherit the warm caches
-                    # instead of each paying for the common words again.
-                    first = [_encode_range(tokenizer, src, *chunks[0], typecode)]
-                    chunks = chunks[1:]
-                pool = _start_pool(context, tokenizer, min(workers, len(chunks)))
-                results = chain(first, pool.imap(_encode_task, [(src, s, e, typecode) for s, e in chunks]))
-            for data, n_tokens, n_bytes in results:
-                f.write(data)
-                num_tokens += n_tokens
-                done += n_bytes
-                if progress is not None:
-                    progress(done, size)
-            f.flush()
-            os.fsync(f.fileno())
+        atomic_write(out, write_ids)
         info = TokenFileInfo(
             dtype=dtype, vocab_size=tokenizer.vocab_size, fingerprint=tokenizer.fingerprint(),
-            num_tokens=num_tokens, num_bytes=size, source=str(Path(src).resolve()),
+            num_tokens=num_tokens, num_bytes=size, source=str(Path(src).resolve()), sha256=digest.hexdigest(),
         )
-        os.replace(tmp, out)
-        side = sidecar_path(out)
-        side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-        side_tmp.write_text(json.dumps(info.to_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(side_tmp, side)
+        atomic_write(sidecar_path(out), json.dumps(info.to_dict(), indent=1) + "\n")
     except OSError as e:
-        raise DataError(f"cannot write token file {out} ({e.strerror or e})") from None
+        raise DataError(f"cannot write token file {out}: {write_error_message(out, e)}") from None
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-        if tmp.exists():
-            tmp.unlink()
     return info
 
 
@@ -214,9 +212,33 @@ def read_token_file_info(path: str | os.PathLike) -> TokenFileInfo:
         for key in ("vocab_size", "num_tokens", "num_bytes"):
             if data[key] < 0:
                 problems.append(f"{key!r} is negative ({data[key]})")
+    checksum = data.get("sha256")
+    if checksum is not None and not (isinstance(checksum, str) and len(checksum) == 64):
+        problems.append(f"'sha256' should be 64 hex digits, got {checksum!r}")
     if problems:
         raise DataError(f"sidecar {side} of token file {path} is malformed: " + "; ".join(problems))
-    return TokenFileInfo(**{k: data[k] for k in types})
+    return TokenFileInfo(**{k: data[k] for k in types}, sha256=checksum)
+
+
+def verify_token_file(path: str | os.PathLike, info: TokenFileInfo, *, rebuild: str = "encode the corpus again"
+                      ) -> bool:
+    """Check the token file's bytes against the sidecar's sha256; False when the sidecar has none.
+
+    DataError naming the file and saying how to rebuild (``rebuild``) when they differ.
+    """
+    if info.sha256 is None:
+        return False
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    except OSError as e:
+        raise DataError(f"token file {path} cannot be read ({e.strerror or e}); {rebuild}") from None
+    if digest.hexdigest() != info.sha256:
+        raise DataError(f"token file {path} is corrupt: its sha256 is {digest.hexdigest()[:16]}..., its sidecar "
+                        f"{sidecar_path(path)} recorded {info.sha256[:16]}...; {rebuild}")
+    return True
 
 
 def load_token_file(path: str | os.PathLike, *, expected_fingerprint: str | None = None

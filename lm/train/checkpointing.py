@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lm.atomic import atomic_rename, atomic_write, is_disk_full, is_temp_file, write_error_message
 from lm.checkpoint import atomic_torch_save, torch_load
 from lm.errors import CheckpointError
 
@@ -38,17 +39,34 @@ def step_filename(step: int) -> str:
 
 
 def capture_rng(device: torch.device) -> dict:
-    """Every RNG state a training step can use."""
+    """Every RNG state a training step can use, as tensors and plain values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": [int(version), [int(x) for x in internal], gauss_next],
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
     elif device.type == "mps":
         state["mps"] = torch.mps.get_rng_state()
     return state
+
+
+def _set_numpy_state(state) -> None:
+    if isinstance(state, dict):  # this version's plain form
+        keys = np.asarray(state["keys"].numpy() if torch.is_tensor(state["keys"]) else state["keys"])
+        np.random.set_state((state["kind"], keys.astype(np.uint32), int(state["pos"]), int(state["has_gauss"]),
+                             float(state["cached_gaussian"])))
+    else:  # a checkpoint from before: np.random.get_state()'s tuple
+        np.random.set_state(tuple(state))
+
+
+def _set_python_state(state) -> None:
+    version, internal, gauss_next = state
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss_next))
 
 
 def restore_rng(state: dict, device: torch.device) -> list[str]:
@@ -59,9 +77,9 @@ def restore_rng(state: dict, device: torch.device) -> list[str]:
     else:
         missing.append("torch")
     if "numpy" in state:
-        np.random.set_state(state["numpy"])
+        _set_numpy_state(state["numpy"])
     if "python" in state:
-        random.setstate(state["python"])
+        _set_python_state(state["python"])
     if device.type == "cuda":
         cuda = state.get("cuda")
         if cuda is not None and len(cuda) == torch.cuda.device_count():
@@ -108,6 +126,8 @@ class CheckpointDir:
     def remove_stale_temp_files(self) -> None:
         """Delete temp files a killed writer left behind (they were never renamed into place)."""
         for p in self.path.glob(".*.tmp"):
+            if not is_temp_file(p):
+                continue
             try:
                 p.unlink()
             except OSError:
@@ -128,18 +148,25 @@ class CheckpointDir:
         beyond ``keep_last`` are deleted. Returns the paths written or updated.
         """
         written = []
-        if keep_step_file and self.keep_last > 0:
-            primary = self.path / step_filename(step)
-            atomic_torch_save(obj, primary)
-            _replace_with_link(primary, self.latest)
-            written += [primary, self.latest]
-        else:
-            primary = self.latest
+        primary = self.path / step_filename(step) if keep_step_file and self.keep_last > 0 else self.latest
+        try:
             atomic_torch_save(obj, primary)
             written.append(primary)
-        if best:
-            _replace_with_link(primary, self.best)
-            written.append(self.best)
+            if primary != self.latest:
+                _replace_with_link(primary, self.latest)
+                written.append(self.latest)
+            if best:
+                _replace_with_link(primary, self.best)
+                written.append(self.best)
+        except (OSError, RuntimeError) as e:  # torch wraps a failed write in RuntimeError (inline_container.cc)
+            if not isinstance(e, OSError) and not is_disk_full(e):
+                raise
+            kept = [p.name for p in (self.latest, self.best) if p.is_file()]
+            left = f"{' and '.join(kept)} in {self.path} are intact" if kept else "no earlier checkpoint exists"
+            raise CheckpointError(
+                f"cannot write checkpoint {primary}: {write_error_message(primary, e)}. The run stopped; "
+                f"{left}, and `lab run --resume {self.path.parent}` continues from the last one."
+            ) from None
         self._rotate()
         return written
 
@@ -153,16 +180,22 @@ class CheckpointDir:
 
 
 def _replace_with_link(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src``, atomically (hard link, or a copy where links fail)."""
+    """Make ``dst`` the same file as ``src``, atomically: a hard link renamed into place.
+
+    Where links fail (exFAT, some network mounts) the file is copied with
+    :func:`lm.atomic.atomic_write` instead.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     os.unlink(tmp)
     try:
         os.link(src, tmp)
-    except OSError:  # filesystems without hard links (exFAT, some network mounts)
-        shutil.copyfile(src, tmp)
+    except OSError:
+        with open(src, "rb") as f:
+            atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
+        return
     try:
-        os.replace(tmp, dst)
+        atomic_rename(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import time
 from pathlib import Path
 
 from lm.config.schema import ExperimentConfig
 from lm.errors import ConfigError, LabError
+from lm.processes import ALIVE, identity, process_state
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR, RunDir, new_run_dir
 from lm.train.recorder import Progress, RunRecorder
 from lm.train.signals import StopRequest
@@ -28,7 +28,7 @@ class _StopDuringPreparation(Exception):
 def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLike | None = None,
                    resume: str | os.PathLike | None = None, progress: Progress | None = None, *,
                    device: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                   summary: dict | None = None) -> int:
+                   summary: dict | None = None, checkpoint: str | None = None) -> int:
     """Train ``cfg``; return the exit code of docs/run-directory.md (0, 4, 5; 1 after a crash).
 
     - ``resume``: a run directory to continue, with its own config.toml
@@ -42,16 +42,25 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
       prepared, then every metrics record (kind ``"train"``/``"eval"``) and
       event (kind ``"event"``, ``record["event"]`` says which).
     - ``summary`` (a dict) is filled with the run's final numbers.
+    - ``checkpoint``: which checkpoint of the run directory to continue from
+      (``latest``, ``best``, ``step_N`` or a file; default ``latest``), for when
+      the latest one is damaged.
 
     Bad input raises a LabError (after recording it in status.json when a run
     directory exists); the CLI prints it and exits 2.
     """
+    if checkpoint is not None and resume is None and run_dir is None:
+        raise ConfigError([f"--checkpoint {checkpoint} picks a checkpoint of an existing run: give it with "
+                           "--resume RUN_DIR (or --run-dir RUN_DIR)"])
     if resume is not None:
         rd = RunDir(resume)
-        if not rd.config_path.is_file():
-            raise ConfigError([f"cannot resume {resume}: it is not a run directory (no {CONFIG_FILE}); "
-                               "give the directory `lab run` printed, under runs/"])
-        cfg = cfg or rd.config(overrides)
+        if rd.config_path.is_file():
+            cfg = cfg or rd.config(overrides)
+        elif rd.checkpoints():
+            cfg = cfg or config_from_checkpoint(rd.checkpoint(checkpoint or "latest"), overrides)
+        else:
+            raise ConfigError([f"cannot resume {resume}: it is not a run directory (no {CONFIG_FILE} and no "
+                               "checkpoint); give the directory `lab run` printed, under runs/"])
         run_dir = rd.path
     if cfg is None:
         raise ValueError("run_experiment needs an ExperimentConfig or a run directory to resume")
@@ -66,8 +75,13 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
     _refuse_if_in_use(run_path)
     run_path.mkdir(parents=True, exist_ok=True)
     latest = run_path / CHECKPOINT_DIR / "latest.pt"
-    resume_from = latest if latest.is_file() else None
-    if resume_from is None:
+    if checkpoint is not None:
+        resume_from = RunDir(run_path).checkpoint(checkpoint)  # CheckpointError listing what exists
+    else:
+        resume_from = latest if latest.is_file() else None
+    if resume_from is not None:
+        refuse_changed_data(cfg, run_path, resume_from)
+    if resume_from is None or not (run_path / CONFIG_FILE).is_file():
         from lm.config.loader import write_resolved
 
         write_resolved(cfg, run_path / CONFIG_FILE)  # visible to the console while data is prepared
@@ -75,8 +89,8 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
     if progress is not None:
         progress("run_dir", {"run_dir": str(run_path), "resume": resume_from is not None})
     try:
-        recorder.update_status(state="running", pid=os.getpid(), host=socket.gethostname(),
-                               total_steps=cfg.training.steps, exit_code=None, message="preparing data")
+        recorder.update_status(state="running", **identity(), total_steps=cfg.training.steps, exit_code=None,
+                               message="preparing data")
         try:
             with StopRequest() as stop:
                 stop.on_signal = _raise_stop  # data preparation cannot pause at a step: leave at once
@@ -120,11 +134,74 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
 
 
 def _refuse_if_in_use(run_path: Path) -> None:
-    """Two processes writing one run directory would corrupt it: refuse while another one lives."""
-    st = RunDir(run_path).status()  # 'running' with a dead pid already reads as 'stopped'
-    if st.state == "running" and st.pid and int(st.pid) != os.getpid() and st.host == socket.gethostname():
+    """Two processes writing one run directory would corrupt it: refuse while another one lives.
+
+    The process is identified by pid, host and start time (status.json records all three), so
+    a pid that now belongs to another program (after a reboot) does not count as the run.
+    """
+    st = RunDir(run_path).status()  # 'running' with a dead (or reused) pid already reads as 'stopped'
+    if st.state != "running" or not st.pid or st.pid == os.getpid():
+        return
+    if process_state(st.pid, st.host, st.extra.get("pid_start")) == ALIVE:
         raise LabError(f"{run_path} is in use: training process {st.pid} is still running there. Stop it first "
                        f"(Ctrl-C in its terminal, or kill -TERM {st.pid}); it checkpoints and exits.")
+
+
+# What decides the token stream a run trains on: changing any of it under a checkpoint continues on
+# other data (or other token ids), which the checkpoint's numbers then silently mix.
+_DATA_KEYS = (("data", "source"), ("data", "val_source"), ("data", "max_bytes"), ("data", "val_fraction"),
+              ("tokenizer", "path"), ("tokenizer", "vocab_size"), ("tokenizer", "special_tokens"),
+              ("tokenizer", "train_bytes"))
+
+
+def refuse_changed_data(cfg: ExperimentConfig, run_path: Path, checkpoint: Path) -> None:
+    """ConfigError when ``cfg`` names other data or another tokenizer than the run being continued.
+
+    The run's own record is its config.toml (else the config stored in ``checkpoint``).
+    """
+    from lm.config.schema import to_dict
+
+    rd = RunDir(run_path)
+    if rd.config_path.is_file():
+        try:
+            old = to_dict(rd.config())
+        except LabError:
+            return  # a run whose config no longer loads: the trainer's checks still apply
+        where = str(rd.config_path)
+    else:
+        from lm.train.checkpointing import load_training_checkpoint
+
+        old = load_training_checkpoint(checkpoint).get("config")
+        where = str(checkpoint)
+        if not isinstance(old, dict):
+            return
+    new = to_dict(cfg)
+    changed = []
+    for section, key in _DATA_KEYS:
+        a, b = (old.get(section) or {}).get(key), (new.get(section) or {}).get(key)
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            a, b = list(a or []), list(b or [])
+        if a != b:
+            changed.append(f"{section}.{key} is {b!r} here but {a!r} in {where}")
+    if changed:
+        raise ConfigError(changed + [f"{run_path} was trained on other data: continuing it would mix two datasets "
+                                     "under one checkpoint. Start a new run (leave out --run-dir) or resume with "
+                                     "the run's own settings (`lab run --resume DIR`)"])
+
+
+def config_from_checkpoint(path: Path, overrides=()) -> ExperimentConfig:
+    """The experiment stored in a checkpoint (for a run directory whose config.toml is gone)."""
+    from lm.config.loader import apply_overrides, experiment_from_dict
+    from lm.train.checkpointing import load_training_checkpoint
+
+    stored = load_training_checkpoint(path).get("config")
+    if not isinstance(stored, dict):
+        raise ConfigError([f"cannot resume from {path}: the run has no {CONFIG_FILE} and the checkpoint does not "
+                           "record its experiment (a bare CS336 checkpoint); resume with the experiment file: "
+                           f"`lab run EXPERIMENT --run-dir {path.parent.parent}`"])
+    if overrides:
+        stored = apply_overrides(stored, list(overrides), source=str(path))
+    return experiment_from_dict(stored, source=str(path), check_paths=False)
 
 
 def _raise_stop(signal_name: str) -> None:

@@ -11,12 +11,12 @@ the files back. A failing callback is reported once and never stops training.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lm.processes import identity
 from lm.runs import (EVENTS_FILE, METRICS_FILE, STATUS_FILE, JsonLinesWriter, RunDir, atomic_write_json,
                      truncate_jsonl_after_step)
 
@@ -36,7 +36,7 @@ class RunRecorder:
         previous = RunDir(self.run_dir).status().to_dict()  # type-checked: a resume never trusts a bad value
         now = time.time()
         self.status = {
-            "state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+            "state": "running", **identity(),
             "step": int(previous.get("step") or 0), "total_steps": int(total_steps),
             "tokens": int(previous.get("tokens") or 0),
             "started": previous.get("started") or now, "updated": now,

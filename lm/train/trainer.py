@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lm.checkpoint import check_tokenizer
 from lm.config.schema import ExperimentConfig, to_dict
 from lm.errors import CheckpointError, DataError, LabError
 from lm.model import TransformerLM, check_state_dict
@@ -178,6 +179,7 @@ class Trainer:
             raise CheckpointError(
                 f"cannot resume from {path}: it was written for a different model than this config describes "
                 f"({shown}). Resume with the run's own config.toml, or start a new run directory.") from None
+        check_tokenizer(ckpt, self.tokenizer, path, self.run_dir / TOKENIZER_DIR)
         self.model.load_state_dict(ckpt["model"])
         if "optimizer" in ckpt:
             try:
@@ -404,7 +406,8 @@ class Trainer:
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "iteration": self.state.step,
                 "config": to_dict(self.cfg), "sampler": self.sampler.state_dict(),
-                "rng": capture_rng(self.policy.device), "trainer": self.state.to_dict()}
+                "rng": capture_rng(self.policy.device), "trainer": self.state.to_dict(),
+                "tokenizer_fingerprint": self.tokenizer.fingerprint() if self.tokenizer is not None else None}
 
     def _save(self, *, step_file: bool, best: bool) -> None:
         paths = self.checkpoints.save(self.checkpoint_dict(), self.state.step, keep_step_file=step_file, best=best)
