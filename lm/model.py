@@ -190,11 +190,12 @@ def _fuse_qkv(module, state_dict, prefix, local_metadata, strict, missing_keys, 
 
 
 class TransformerBlock(nn.Module):
-    """attention and feed-forward sub-layers with residuals; norm placement per config."""
+    """attention and feed-forward sub-layers with residuals (unless ``residual = false``); norm placement per config."""
 
     def __init__(self, cfg: ModelConfig, device=None, dtype=None):
         super().__init__()
         self.norm = cfg.norm
+        self.residual = cfg.residual
         self.resid_dropout = cfg.resid_dropout
         self.attn = CausalSelfAttention(cfg, device, dtype)
         ffn_cls = SwiGLU if cfg.ffn == "swiglu" else SiLUMLP
@@ -208,6 +209,14 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
+        if not self.residual:  # the ablation: each sub-layer replaces the stream instead of adding to it
+            if self.norm == "pre":
+                x = self._drop(self.attn(self.ln1(x), token_positions, kv_cache))
+                return self._drop(self.ffn(self.ln2(x)))
+            if self.norm == "post":
+                x = self.ln1(self._drop(self.attn(x, token_positions, kv_cache)))
+                return self.ln2(self._drop(self.ffn(x)))
+            return self._drop(self.ffn(self._drop(self.attn(x, token_positions, kv_cache))))
         if self.norm == "pre":
             x = x + self._drop(self.attn(self.ln1(x), token_positions, kv_cache))
             return x + self._drop(self.ffn(self.ln2(x)))

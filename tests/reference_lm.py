@@ -87,6 +87,12 @@ def block(x: torch.Tensor, sd: dict, prefix: str, cfg, positions: list[int]) -> 
     def ln(name, h):
         return rms_norm(h, sd[f"{prefix}{name}.weight"], cfg.rmsnorm_eps)
 
+    if not getattr(cfg, "residual", True):  # no skip connections: each sub-layer's output is the stream
+        if cfg.norm == "pre":
+            return ffn(ln("ln2", attn(ln("ln1", x))))
+        if cfg.norm == "post":
+            return ln("ln2", ffn(ln("ln1", attn(x))))
+        return ffn(attn(x))
     if cfg.norm == "pre":
         x = x + attn(ln("ln1", x))
         return x + ffn(ln("ln2", x))

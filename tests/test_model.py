@@ -65,6 +65,20 @@ def test_forward_matches_reference(switch):
     torch.testing.assert_close(logits, ref, **_tolerance(cfg))
 
 
+@pytest.mark.parametrize("norm", ["pre", "post", "none"])
+@pytest.mark.parametrize("position", ["rope", "nope"])
+def test_no_residual_matches_reference(norm, position):
+    """model.residual = false (the failure-mode ablation) against the second implementation."""
+    cfg = dataclasses.replace(_config((norm, position, "swiglu", False, "naive")), residual=False)
+    model = _model(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids)
+    torch.testing.assert_close(logits, reference_lm.forward(model.state_dict(), cfg, ids), **_tolerance(cfg))
+    with_residual = reference_lm.forward(model.state_dict(), dataclasses.replace(cfg, residual=True), ids)
+    assert (logits - with_residual).abs().max() > 1e-3  # the switch changes the function
+
+
 def test_reference_detects_a_wrong_model():
     """The comparison has teeth: swapping norm placement changes the logits far beyond tolerance."""
     cfg = _config(("pre", "rope", "swiglu", False, "naive"))

@@ -183,8 +183,9 @@ def _bound_summary(time_est) -> str:
 def _devices_table(estimates):
     from rich.table import Table
 
-    from lm.calc.units import fmt_bytes, fmt_count, fmt_seconds
+    from lm.calc.units import fmt_bytes, fmt_count, fmt_flops, fmt_seconds
 
+    first = estimates[0]
     t = Table(title="per device (memory in GiB; (m) measured, (d) datasheet, (e) estimate)", title_justify="left")
     t.add_column("")
     for e in estimates:
@@ -206,7 +207,8 @@ def _devices_table(estimates):
     row("peak matmul TFLOP/s", lambda e: f"{e.time.peak_tflops:.3g} {e.time.matmul_dtype} "
                                          f"({_SOURCE_MARK[e.time.peak_source]})")
     row("memory bandwidth", lambda e: _fig(e.device.bandwidth_gbs, " GB/s"), end=True)
-    row("weights + grads + AdamW", lambda e: fmt_bytes(m(e).params + m(e).grads + m(e).optimizer))
+    row("weights + grads + " + ("Muon/AdamW" if first.settings.optimizer == "muon" else "AdamW"),
+        lambda e: fmt_bytes(m(e).params + m(e).grads + m(e).optimizer))
     row("activations", lambda e: f"{fmt_bytes(m(e).activations)} ({fmt_bytes(m(e).activations_per_layer)}/block)")
     row("bf16 weight copies", lambda e: fmt_bytes(m(e).weight_copies) if m(e).weight_copies else "-")
     row("logits + loss", lambda e: fmt_bytes(m(e).loss))
@@ -220,6 +222,9 @@ def _devices_table(estimates):
     row("step time", lambda e: fmt_seconds(e.time.step_s))
     row("tokens/s", lambda e: fmt_count(e.time.tokens_per_s))
     row("MFU", lambda e: f"{e.time.mfu:.1%}")
+    if first.settings.optimizer == "muon":
+        row("Newton-Schulz (not in MFU)", lambda e: fmt_flops(e.to_dict()["optimizer"]["newton_schulz_flops_per_step"])
+            + "/step")
     row("time bound by", lambda e: _bound_summary(e.time))
     return t
 

@@ -14,6 +14,7 @@ from lm.calc.devices import DeviceProfile, get_device
 from lm.calc.flops import FlopCount, count_flops
 from lm.calc.memory import MemoryEstimate, estimate_memory
 from lm.calc.ops import forward_ops, grad_accumulate_op, optimizer_ops
+from lm.calc.optimizer import newton_schulz_flops_per_step, newton_schulz_op
 from lm.calc.params import ParamCount, count_params
 from lm.calc.roofline import TimeEstimate, estimate_time
 from lm.calc.settings import Efficiency, Settings, normalize_dtype
@@ -61,7 +62,8 @@ class Estimate:
             "device": self.device.to_dict(),
             "settings": {"batch_size": s.batch_size, "context_length": s.context_length, "dtype": s.dtype,
                          "grad_accum": s.grad_accum, "activation_checkpointing": s.activation_checkpointing,
-                         "compile": s.compile, "grad_clip": s.grad_clip, "tokens_per_step": s.tokens_per_step},
+                         "compile": s.compile, "grad_clip": s.grad_clip, "tokens_per_step": s.tokens_per_step,
+                         "optimizer": s.optimizer},
             "efficiency": {n: getattr(self.efficiency, n) for n in Efficiency.field_names()},
             "params": self.params.to_dict(),
             "flops": self.flops.to_dict(),
@@ -69,6 +71,9 @@ class Estimate:
             "memory": self.memory.to_dict(),
             "time": self.time.to_dict(),
             "verdict": self.verdict.to_dict(),
+            "optimizer": {"name": s.optimizer, "state_bytes": self.memory.optimizer,
+                          "newton_schulz_flops_per_step": (newton_schulz_flops_per_step(self.model, s.ns_steps)
+                                                           if s.optimizer == "muon" else 0)},
         }
 
 
@@ -102,7 +107,10 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
             problems.append(f"compile must be 'auto', 'on' or 'off', got {comp!r}")
         comp = device.compile if comp == "auto" else comp == "on"
     clip = grad_clip if grad_clip is not None else (exp.optimizer.grad_clip > 0 if exp is not None else True)
-    s = Settings(batch_size=int(batch_size if batch_size is not None else training.batch_size),
+    opt_name = getattr(exp.optimizer, "name", "adamw") if exp is not None else "adamw"
+    ns_steps = getattr(exp.optimizer, "muon_ns_steps", 5) if exp is not None else 5
+    s = Settings(optimizer=opt_name, ns_steps=ns_steps,
+                 batch_size=int(batch_size if batch_size is not None else training.batch_size),
                  context_length=int(T), dtype=dt,
                  grad_accum=int(grad_accum if grad_accum is not None else training.grad_accum),
                  activation_checkpointing=bool(activation_checkpointing), compile=bool(comp), grad_clip=bool(clip))
@@ -222,6 +230,8 @@ def time_estimate(model: ModelConfig, dev: DeviceProfile, s: Settings, eff: Effi
     groups = 2 if params.norms else 1  # decayed matrices and undecayed norm gains
     opt = optimizer_ops(params.total, params.num_tensors, grad_clip=s.grad_clip, multi_tensor=dev.kind == "cuda",
                         groups=groups)
+    if s.optimizer == "muon":
+        opt.append(newton_schulz_op(model, s.ns_steps))  # its FLOPs take time but are not in MFU's numerator
     return estimate_time(ops, opt, grad_accumulate_op(params.total, params.num_tensors), flops, dev, s, eff,
                          num_layers=model.num_layers)
 

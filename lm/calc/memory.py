@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lm.calc.activations import Activations
+from lm.calc.optimizer import optimizer_state_bytes, step_temporaries_bytes
 from lm.calc.params import ParamCount
 from lm.calc.settings import Settings
 from lm.config.schema import ModelConfig
@@ -117,7 +118,7 @@ def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Acti
     weights = 4.0 * P
     buffers = 4.0 * params.rope_buffer_elements
     grads = 4.0 * P
-    adam = 8.0 * P
+    adam = optimizer_state_bytes(cfg, params, s.optimizer)  # AdamW 8 bytes/param; Muon 4 for its matrices
     static = weights + buffers + adam
     accumulating = s.grad_accum > 1  # from the second micro-batch on, all gradients already exist
     g_acc = grads if accumulating else 0.0
@@ -157,7 +158,7 @@ def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Acti
     phases[f"backward (block {worst_i})"] = worst_layer
     # AdamW's _foreach_sqrt(v) makes a temporary for every tensor of a parameter group at once; the
     # decayed group holds every matrix.
-    phases["optimizer step"] = static + grads + logits_var + 4.0 * params.matrix_params
+    phases["optimizer step"] = static + grads + logits_var + step_temporaries_bytes(cfg, params, s.optimizer)
 
     phase, peak = max(phases.items(), key=lambda kv: kv[1])
     return MemoryEstimate(params=weights, buffers=buffers, grads=grads, optimizer=adam,

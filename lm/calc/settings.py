@@ -48,6 +48,11 @@ class Settings:
     """torch.compile: fewer, fused elementwise kernels."""
     grad_clip: bool = True
     """Whether the step clips the global gradient norm (one more pass over the gradients)."""
+    optimizer: str = "adamw"
+    """'adamw' (two fp32 moments per parameter) or 'muon' (one momentum for the blocks' matrices,
+    plus Newton-Schulz matmuls each step: optimizer work, outside MFU)."""
+    ns_steps: int = 5
+    """Muon's Newton-Schulz steps per optimizer step."""
 
     def problems(self) -> list[str]:
         out = []

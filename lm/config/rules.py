@@ -73,6 +73,14 @@ def check_rules(cfg: ExperimentConfig, ck, base_dir: Path | None) -> None:
     need(o.eps > 0, f"optimizer.eps must be positive, got {o.eps}", "optimizer.eps")
     need(o.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {o.weight_decay}", "optimizer.weight_decay")
     need(o.grad_clip >= 0, f"optimizer.grad_clip must be >= 0 (0 = off), got {o.grad_clip}", "optimizer.grad_clip")
+    for key in ("muon_lr", "embed_lr", "head_lr", "scalar_lr"):
+        need(getattr(o, key) > 0, f"optimizer.{key} must be positive, got {getattr(o, key)}", f"optimizer.{key}")
+    need(0.0 <= o.muon_momentum < 1.0, f"optimizer.muon_momentum must be in [0, 1), got {o.muon_momentum}",
+         "optimizer.muon_momentum")
+    need(1 <= o.muon_ns_steps <= 20, f"optimizer.muon_ns_steps must be in 1..20 (5 is the published value), "
+         f"got {o.muon_ns_steps}", "optimizer.muon_ns_steps")
+    need(o.muon_weight_decay >= 0, f"optimizer.muon_weight_decay must be >= 0, got {o.muon_weight_decay}",
+         "optimizer.muon_weight_decay")
 
     s, tr = cfg.schedule, cfg.training
     need(s.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {s.warmup_steps}", "schedule.warmup_steps")

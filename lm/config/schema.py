@@ -50,6 +50,9 @@ class ModelConfig:
     """RoPE base: angle = position * theta^(-2k/d_head)."""
     norm: Literal["pre", "post", "none"] = "pre"
     """Where RMSNorm goes: before each sub-layer (pre), after the residual add (post), or nowhere."""
+    residual: bool = True
+    """Residual connections around each sub-layer; false makes each block x -> ffn(attn(x)) (an ablation:
+    with norm = 'none' too, the loss freezes and the gradients vanish)."""
     position: Literal["rope", "nope"] = "rope"
     """Position encoding: rotary (rope) or none at all (nope; causal masking alone)."""
     ffn: Literal["swiglu", "silu"] = "swiglu"
@@ -164,10 +167,13 @@ class TokenizerConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW (the ``[optimizer]`` section)."""
+    """AdamW or Muon (the ``[optimizer]`` section)."""
 
+    name: Literal["adamw", "muon"] = "adamw"
+    """'adamw': AdamW for every parameter. 'muon': Muon (orthogonalised momentum) for the blocks' weight
+    matrices and AdamW for the embeddings (embed_lr), the LM head (head_lr) and the norm gains (scalar_lr)."""
     lr: float = 1e-3
-    """Peak learning rate (max_lr of the cosine schedule)."""
+    """Peak learning rate (max_lr of the cosine schedule); with name = 'muon' only the logged lr."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     """AdamW's (beta1, beta2)."""
     eps: float = 1e-8
@@ -176,6 +182,23 @@ class OptimizerConfig:
     """Decoupled weight decay."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 turns clipping off)."""
+    muon_lr: float = 0.02
+    """Muon: peak learning rate of the blocks' weight matrices (Keller Jordan's Muon default)."""
+    muon_momentum: float = 0.95
+    """Muon: momentum coefficient beta of m = beta m + (1 - beta) g."""
+    muon_nesterov: bool = True
+    """Muon: orthogonalise the Nesterov direction (1 - beta) g + beta m instead of m."""
+    muon_ns_steps: int = 5
+    """Muon: steps of the quintic Newton-Schulz iteration."""
+    muon_weight_decay: float = 0.0
+    """Muon: decoupled weight decay of the Muon matrices (W <- W (1 - lr wd))."""
+    embed_lr: float = 0.6
+    """Muon runs: AdamW peak learning rate of the token embeddings, decayed by weight_decay
+    (modded-nanogpt's value; docs/experiments.md has a tuned one for small models)."""
+    head_lr: float = 0.008
+    """Muon runs: AdamW peak learning rate of the LM head, decayed by weight_decay (modded-nanogpt's)."""
+    scalar_lr: float = 0.04
+    """Muon runs: AdamW peak learning rate of the RMSNorm gains, never decayed (modded-nanogpt's)."""
 
 
 @dataclass

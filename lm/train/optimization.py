@@ -28,7 +28,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, opt_cfg) -> AdamW:
-    """lm.optim.AdamW over :func:`parameter_groups` with the ``[optimizer]`` settings."""
+    """lm.optim.AdamW over :func:`parameter_groups` with the ``[optimizer]`` settings
+    (``optimizer.name = 'muon'``: :func:`lm.muon.build_muon`)."""
+    if getattr(opt_cfg, "name", "adamw") == "muon":
+        from lm.muon import build_muon
+
+        return build_muon(model, opt_cfg)
     return AdamW(parameter_groups(model, opt_cfg.weight_decay), lr=opt_cfg.lr,
                  betas=(float(opt_cfg.betas[0]), float(opt_cfg.betas[1])), eps=opt_cfg.eps,
                  weight_decay=opt_cfg.weight_decay)
@@ -48,6 +53,18 @@ def lr_at(step: int, cfg) -> float:
     cosine_steps = sched.cosine_steps or cfg.training.steps
     cosine_steps = max(cosine_steps, warmup)
     return cosine_lr(step, max_lr, max_lr * sched.min_lr_ratio, warmup, cosine_steps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg) -> float:
+    """Set every group's lr for ``step`` and return optimizer.lr's scheduled value (what is logged).
+
+    A group with a ``peak_lr`` of its own (Muon's groups) follows the same schedule scaled to it.
+    """
+    lr = lr_at(step, cfg)
+    factor = lr / cfg.optimizer.lr
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"] * factor if "peak_lr" in group else lr
+    return lr
 
 
 def grad_norm(parameters) -> torch.Tensor:

@@ -45,7 +45,7 @@ from lm.optim import clip_grad_norm
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
 from lm.train.checkpointing import CHECKPOINT_FORMAT, CheckpointDir, capture_rng, load_training_checkpoint, restore_rng
 from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
-from lm.train.optimization import build_optimizer, grad_norm, lr_at
+from lm.train.optimization import build_optimizer, grad_norm, set_lr
 from lm.train.policy import DevicePolicy, configure_backends, peak_memory, reset_peak_memory, resolve_policy
 from lm.train.recorder import Progress, RunRecorder
 from lm.train.signals import StopRequest
@@ -284,6 +284,7 @@ class Trainer:
         if st.step >= total:
             return self._finish(f"already finished: step {st.step} of {total}")
         self._mfu_inputs = _mfu_inputs(cfg.model, self.policy)
+        self._ns_flops = _newton_schulz_flops(cfg)
         window = StepWindow(cfg.training.log_every, self.policy.device)
         self._win_t0, self._win_paused = time.perf_counter(), 0.0
         while st.step < total:
@@ -299,9 +300,7 @@ class Trainer:
     def _step(self, window: StepWindow) -> None:
         cfg, policy = self.cfg, self.policy
         step = self.state.step + 1
-        lr = lr_at(step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(self.optimizer, step, cfg)
         # Gradients of the previous step lived until now so a halt can name the worst one;
         # freeing them before the forward keeps them out of the activation peak.
         self.optimizer.zero_grad(set_to_none=True)
@@ -378,6 +377,8 @@ class Trainer:
                   "loss": loss, "ppl": math.exp(loss) if loss < 700 else float("inf"), "lr": stats.lrs[-1],
                   "grad_norm": stats.mean_grad_norm(), "tokens_per_s": round(tokens_per_s, 1),
                   "mfu": mfu, "mfu_estimated": estimated, "peak_mem": peak_memory(self.policy.device)}
+        if self._ns_flops and peak:  # Muon's Newton-Schulz: optimizer work, reported apart from the model's MFU
+            record["optimizer_mfu"] = len(stats.steps) / seconds * self._ns_flops / peak
         self.recorder.metric(record)
         self.recorder.update_status(step=st.step, tokens=st.tokens, throttle=True)
 
@@ -479,3 +480,12 @@ def _mfu_inputs(model_cfg, policy: DevicePolicy) -> tuple[float | None, float | 
         print(f"lab: MFU left out: {e}", file=sys.stderr)
         return None, None, True
     return float(training_flops_per_token(model_cfg)), float(peak), bool(estimated)
+
+
+def _newton_schulz_flops(cfg: ExperimentConfig) -> float:
+    """Muon's Newton-Schulz FLOPs per optimizer step (0 for AdamW), from the calculator."""
+    if getattr(cfg.optimizer, "name", "adamw") != "muon":
+        return 0.0
+    from lm.calc.optimizer import newton_schulz_flops_per_step
+
+    return float(newton_schulz_flops_per_step(cfg.model, cfg.optimizer.muon_ns_steps))
