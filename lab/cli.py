@@ -29,6 +29,8 @@ COMMANDS = {
     "sweep": "lab.commands.sweep",
     "compare": "lab.commands.compare",
     "model": "lab.commands.model",
+    "export": "lab.commands.export",
+    "import": "lab.commands.import_model",
 }
 
 

@@ -44,3 +44,7 @@ class DataError(LabError):
 
 class TokenizerError(LabError):
     """A tokenizer file or parameter that is malformed or out of range."""
+
+
+class ExportError(LabError):
+    """A model or folder that cannot be exported to, or imported from, another format."""

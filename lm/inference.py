@@ -159,8 +159,11 @@ class LoadedRun:
 def open_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
              device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> LoadedRun:
     """Like :func:`load_run`, also saying which checkpoint file and training step were loaded."""
+    from lm.export import safetensors_dir
     from lm.runs import RunDir
 
+    if safetensors_dir.is_export_dir(run_dir):  # `lab export --format safetensors` output works like a run
+        return safetensors_dir.load(run_dir, checkpoint, device, dtype)
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise CheckpointError(f"run directory {run.path} does not exist")

@@ -11,11 +11,13 @@ batch sampler its own numpy generator), so a resumed run continues bit for
 bit. Files are written with :func:`lm.checkpoint.atomic_torch_save`; the
 other names (``latest.pt``, ``best.pt``) are hard links to the file just
 written, swapped in with a rename, so no name ever points at half a file and
-no checkpoint is serialized twice.
+no checkpoint is serialized twice. ``best.safetensors`` holds the model
+weights of ``best.pt`` once more, without pickle, for sharing the model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -123,6 +125,11 @@ class CheckpointDir:
     def best(self) -> Path:
         return self.path / "best.pt"
 
+    @property
+    def best_weights(self) -> Path:
+        """The model weights of best.pt as safetensors: shareable, loadable without pickle."""
+        return self.path / "best.safetensors"
+
     def remove_stale_temp_files(self) -> None:
         """Delete temp files a killed writer left behind (they were never renamed into place)."""
         for p in self.path.glob(".*.tmp"):
@@ -158,6 +165,8 @@ class CheckpointDir:
             if best:
                 _replace_with_link(primary, self.best)
                 written.append(self.best)
+                if (weights := write_best_weights(obj, step, self.best_weights)) is not None:
+                    written.append(weights)
         except (OSError, RuntimeError) as e:  # torch wraps a failed write in RuntimeError (inline_container.cc)
             if not isinstance(e, OSError) and not is_disk_full(e):
                 raise
@@ -177,6 +186,22 @@ class CheckpointDir:
                 p.unlink()
             except OSError:
                 pass
+
+
+def write_best_weights(obj: dict, step: int, path: Path) -> Path | None:
+    """The checkpoint's model weights (and model config, in the metadata) as safetensors at ``path``.
+
+    Skipped (None) for sharded tensors (DTensor): safetensors holds whole tensors only.
+    """
+    from lm.export.weights import write_state_dict
+
+    state = {k.removeprefix("_orig_mod."): v for k, v in obj["model"].items()}
+    if not all(type(v) is torch.Tensor for v in state.values()):
+        return None
+    model_cfg = (obj.get("config") or {}).get("model")
+    meta = {"format": "pt", "lab": "lab-weights/1", "step": str(int(step)),
+            "model_config": json.dumps(model_cfg, default=str)}
+    return write_state_dict(path, state, meta)
 
 
 def _replace_with_link(src: Path, dst: Path) -> None:
