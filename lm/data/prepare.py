@@ -135,6 +135,8 @@ def prepare_data(cfg: ExperimentConfig, *, tokenizer=None, run_dir: str | os.Pat
         entry = cache / "tokens" / token_key
         meta = _read_meta(entry)
         cached = meta is not None and not trained
+        if cached:
+            _verify_entry(entry)
         if meta is None:
             meta = _encode(plan, tokenizer, entry, progress)
     finally:
@@ -267,7 +269,11 @@ def _cached_or_trained_tokenizer(cfg: ExperimentConfig, plan: _TextPlan, cache: 
     vocab, merges = train_bpe(text, tok_cfg.vocab_size, specials, progress=report)
     tokenizer = Tokenizer(vocab, merges, special_tokens=specials)
     tmp = make_temp_dir(directory.with_name(f"{key}.tmp-{os.getpid()}"))
-    tokenizer.save(tmp)
+    try:
+        tokenizer.save(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _publish(tmp, directory, _tokenizer_complete)
     return tokenizer, True
 
@@ -278,12 +284,16 @@ def _encode(plan: _TextPlan, tokenizer, entry: Path, progress: Progress | None) 
     tmp = make_temp_dir(entry.with_name(f"{entry.name}.tmp-{os.getpid()}"))
     start = time.perf_counter()
     infos = {}
-    for name, text, out in (("train", train_text, TRAIN_FILE), ("val", val_text, VAL_FILE)):
-        def report(done, total=None, _name=name, _size=text.stat().st_size):
-            if progress is not None:
-                progress(f"encoding {_name}", done, total if total is not None else _size)
+    try:
+        for name, text, out in (("train", train_text, TRAIN_FILE), ("val", val_text, VAL_FILE)):
+            def report(done, total=None, _name=name, _size=text.stat().st_size):
+                if progress is not None:
+                    progress(f"encoding {_name}", done, total if total is not None else _size)
 
-        infos[name] = tokenizer.encode_file(text, tmp / out, progress=report)
+            infos[name] = tokenizer.encode_file(text, tmp / out, progress=report)
+    except BaseException:  # a full disk, bad bytes, Ctrl-C: nothing half-made stays in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     meta = {
         "version": PREPARE_VERSION, "source": label, "created": time.time(),
         "seconds": round(time.perf_counter() - start, 3), "text_key": plan.key,
@@ -359,6 +369,17 @@ def remove_stale_temporaries(cache: Path) -> list[Path]:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
+
+
+def _verify_entry(entry: Path) -> None:
+    """Check a cached entry's token files against the checksums in their sidecars (DataError saying how to
+    rebuild when a file was damaged on disk or changed by hand)."""
+    from lm.tokenizer.token_file import read_token_file_info, verify_token_file
+
+    rebuild = (f"the cached tokens are damaged: delete the cache entry (`rm -r {entry}`) and run the same "
+               "command again to rebuild it")
+    for name in (TRAIN_FILE, VAL_FILE):
+        verify_token_file(entry / name, read_token_file_info(entry / name), rebuild=rebuild)
 
 
 def _tokenizer_complete(directory: Path) -> bool:
