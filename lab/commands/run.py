@@ -9,6 +9,7 @@ a summary and the exit code of docs/run-directory.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -31,6 +32,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --resume/--run-dir: continue from latest (default), best, step_N or a file "
                         "(for when latest.pt is damaged)")
     p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:N or mps (beats training.device)")
+    d = p.add_argument_group("several GPUs (torch.distributed; docs/distributed.md)")
+    d.add_argument("--gpus", type=int, metavar="N",
+                   help="train on N local GPUs, one process each, through torchrun (DDP or FSDP2 by "
+                        "training.parallel); with --device cpu, N CPU processes (gloo)")
+    d.add_argument("--nnodes", default="1", metavar="N", help="machines taking part (torchrun --nnodes)")
+    d.add_argument("--node-rank", type=int, default=0, metavar="I", help="this machine's index (torchrun --node-rank)")
+    d.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT",
+                   help="rendezvous on the first machine, for --nnodes > 1 (torchrun --rdzv-endpoint)")
+    d.add_argument("--rdzv-id", default="", metavar="ID", help="the job's id, the same on every machine")
     return p
 
 
@@ -47,12 +57,20 @@ def run(args) -> int:
     if not args.resume and not args.experiment:
         raise ConfigError(["give an experiment file (e.g. lab run experiments/quickstart.toml) or --resume RUN_DIR"])
     cfg = load_experiment(args.experiment, args.overrides) if args.experiment else None
-    if cfg is not None and not args.run_dir:
+    from lm.distributed.env import launched_by_torchrun
+
+    if args.gpus is not None and not launched_by_torchrun():
+        return _launch(args, cfg)
+    if cfg is not None and not args.run_dir and int(os.environ.get("RANK", "0")) == 0:
         _hint_resumable(cfg)
 
     from lm.train.experiment import run_experiment
 
-    display = RichDisplay() if sys.stdout.isatty() else PlainDisplay()
+    if int(os.environ.get("RANK", "0")) > 0:  # rank 0 speaks for the run
+        display = _Display()
+        display.line = lambda text: None
+    else:
+        display = RichDisplay() if sys.stdout.isatty() else PlainDisplay()
     summary: dict = {}
     try:
         code = run_experiment(cfg, run_dir=args.run_dir, resume=args.resume, progress=display,
@@ -60,8 +78,38 @@ def run(args) -> int:
                               summary=summary, checkpoint=args.checkpoint)
     finally:
         display.close()
-    display.print_summary(code, summary)
+    if int(os.environ.get("RANK", "0")) == 0:
+        display.print_summary(code, summary)
     return code
+
+
+def _launch(args, cfg) -> int:
+    """``--gpus N``: choose the run directory here, then start the workers through torchrun."""
+    from lm.distributed.data import check_batch_split
+    from lm.distributed.launch import check_gpu_count, launch
+    from lm.runs import RunDir, new_run_dir
+
+    if cfg is None:
+        cfg = RunDir(args.resume).config(args.overrides)
+    check_gpu_count(args.gpus, args.device or cfg.training.device)
+    nodes = int(args.nnodes) if str(args.nnodes).isdigit() else None
+    if nodes:
+        check_batch_split(cfg, args.gpus * nodes)
+    run_dir = args.resume or args.run_dir
+    if run_dir is None and nodes == 1:
+        _hint_resumable(cfg)
+        run_dir = str(new_run_dir(cfg))
+    child = ["run"] + ([args.experiment] if args.experiment else [])
+    for o in args.overrides:
+        child += ["--set", o]
+    if args.resume:
+        child += ["--resume", args.resume]
+    elif run_dir:
+        child += ["--run-dir", run_dir]
+    if args.device:
+        child += ["--device", args.device]
+    return launch(args.gpus, child, run_dir=run_dir, nnodes=args.nnodes, node_rank=args.node_rank,
+                  rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id)
 
 
 def _hint_resumable(cfg) -> None:

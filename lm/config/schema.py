@@ -222,7 +222,7 @@ class TrainingConfig:
     steps: int = 1000
     """Optimizer steps to take."""
     batch_size: int = 32
-    """Sequences per micro-batch."""
+    """Sequences per micro-batch, in all: on N processes each takes batch_size / N of the same batch."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
     seed: int = 0
@@ -240,6 +240,10 @@ class TrainingConfig:
     """Stop (with a final eval and checkpoint) after this many seconds of training (0 = no limit)."""
     log_every: int = 10
     """Write a train metrics line every N steps."""
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    """Several processes (lab run --gpus N, torchrun): 'ddp' replicates the model, 'fsdp' shards
+    weights, gradients and optimizer state (FSDP2); 'auto' is DDP when a replica fits one GPU
+    (by the calculator), else FSDP2."""
 
 
 @dataclass

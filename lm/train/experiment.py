@@ -68,24 +68,53 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, device=device))
     cfg = _absolute_paths(cfg)
 
+    from lm.distributed.env import DistEnv
     from lm.train.policy import resolve_policy
 
     policy = resolve_policy(cfg.training)  # a missing device is a config error before any directory exists
-    run_path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
-    _refuse_if_in_use(run_path)
-    run_path.mkdir(parents=True, exist_ok=True)
+    env = DistEnv.from_environment()  # a world of one unless torchrun (or lab run --gpus N) started us
+    if env.world_size > 1:
+        from lm.distributed.data import check_batch_split
+
+        check_batch_split(cfg, env.world_size)
+        policy = dataclasses.replace(policy, device=env.rank_device(policy.device))
+        env.init(policy.device)
+    try:
+        return _run(cfg, policy, env, run_dir, checkpoint, progress, summary)
+    finally:
+        env.close()
+
+
+def _run(cfg: ExperimentConfig, policy, env, run_dir, checkpoint, progress: Progress | None,
+         summary: dict | None) -> int:
+    if env.is_main:
+        run_path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+        _refuse_if_in_use(run_path)
+        run_path.mkdir(parents=True, exist_ok=True)
+    if env.control is not None:  # every rank writes into the directory rank 0 chose
+        import torch.distributed as dist
+
+        box = [str(run_path) if env.is_main else None]
+        dist.broadcast_object_list(box, src=0, group=env.control)
+        run_path = Path(box[0])
     latest = run_path / CHECKPOINT_DIR / "latest.pt"
     if checkpoint is not None:
         resume_from = RunDir(run_path).checkpoint(checkpoint)  # CheckpointError listing what exists
     else:
         resume_from = latest if latest.is_file() else None
-    if resume_from is not None:
+    env.barrier()  # nobody writes before every rank has seen whether there is a checkpoint
+    if resume_from is not None and env.is_main:
         refuse_changed_data(cfg, run_path, resume_from)
-    if resume_from is None or not (run_path / CONFIG_FILE).is_file():
+    if (resume_from is None or not (run_path / CONFIG_FILE).is_file()) and env.is_main:
         from lm.config.loader import write_resolved
 
         write_resolved(cfg, run_path / CONFIG_FILE)  # visible to the console while data is prepared
-    recorder = RunRecorder(run_path, cfg.training.steps, progress)
+    if env.is_main:
+        recorder = RunRecorder(run_path, cfg.training.steps, progress)
+    else:
+        from lm.train.recorder import NullRecorder
+
+        recorder, progress = NullRecorder(run_path, cfg.training.steps), None
     if progress is not None:
         progress("run_dir", {"run_dir": str(run_path), "resume": resume_from is not None})
     try:
@@ -94,7 +123,11 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
         try:
             with StopRequest() as stop:
                 stop.on_signal = _raise_stop  # data preparation cannot pause at a step: leave at once
+                if not env.is_main:
+                    env.barrier()  # rank 0 prepares (tokenizer, token files); the others then read its cache
                 data = _prepare(cfg, run_path, progress)
+                if env.is_main:
+                    env.barrier()
         except (_StopDuringPreparation, KeyboardInterrupt):
             msg = "stopped while preparing data (nothing was trained)"
             recorder.event("stop", 0, 0.0, msg)
@@ -106,9 +139,10 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
         # From here a signal means "stop at the next step boundary" (setup included: a big model
         # takes a while to build, and a SIGTERM then still ends in a checkpoint and exit 5).
         with StopRequest() as stop:
+            stop.interrupt_on_repeat = env.world_size <= 1
             trainer = Trainer(cfg, run_path, train_tokens=data.train_tokens, val_tokens=data.val_tokens,
                               val_bytes=data.val_bytes, tokenizer=data.tokenizer, policy=policy,
-                              progress=progress, recorder=recorder, stop=stop)
+                              progress=progress, recorder=recorder, stop=stop, dist=env)
             try:
                 trainer.setup(resume_from)
             except LabError as e:

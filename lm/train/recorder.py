@@ -106,3 +106,27 @@ class RunRecorder:
     def close(self) -> None:
         self._close_metrics()
         self._events.close()
+
+
+class NullRecorder(RunRecorder):
+    """The recorder of ranks other than 0 in a distributed run: rank 0 alone writes the run directory."""
+
+    def __init__(self, run_dir: str | os.PathLike, total_steps: int, progress: Progress | None = None):
+        self.run_dir = Path(run_dir)
+        self.progress = None
+        self.status = {"state": "running", "total_steps": int(total_steps)}
+
+    def drop_metrics_after(self, step: int) -> int:
+        return 0
+
+    def metric(self, record: dict) -> None:
+        pass
+
+    def event(self, event: str, step: int, time_s: float, message: str = "", **extra) -> dict:
+        return {"type": "event", "event": event, "step": int(step), "message": message, **extra}
+
+    def update_status(self, *, throttle: bool = False, **fields) -> None:
+        self.status.update(fields)
+
+    def close(self) -> None:
+        pass

@@ -20,6 +20,9 @@ class StopRequest:
         self.signal_name: str | None = None
         self.on_signal = None
         """Optional callable(signal name) run after the flag is set; it may raise to leave at once."""
+        self.interrupt_on_repeat = True
+        """A second SIGINT raises KeyboardInterrupt; off for ranks of a distributed run, whose launcher
+        forwards the signal it got, so a single Ctrl-C arrives twice."""
         self._previous: dict[int, object] = {}
         self._depth = 0
 
@@ -34,7 +37,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.signal_name is not None and signum == signal.SIGINT:
+        if self.signal_name is not None and signum == signal.SIGINT and self.interrupt_on_repeat:
             raise KeyboardInterrupt
         self.request(name)
         if self.on_signal is not None:

@@ -24,6 +24,7 @@ makes the loss of step N NaN, to exercise the divergence path end to end.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 
 from lm.checkpoint import check_tokenizer
 from lm.config.schema import ExperimentConfig, to_dict
+from lm.distributed.env import DistEnv
 from lm.errors import CheckpointError, DataError, LabError
 from lm.model import TransformerLM, check_state_dict
 from lm.optim import clip_grad_norm
@@ -52,6 +54,7 @@ from lm.train.signals import StopRequest
 from lm.train.window import StepWindow, WindowStats
 
 INJECT_NAN_ENV = "LAB_INJECT_NAN_AT_STEP"
+INJECT_NAN_RANK_ENV = "LAB_INJECT_NAN_RANK"
 
 
 @dataclass
@@ -100,8 +103,10 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | os.PathLike, *, train_tokens, val_tokens,
                  val_bytes: int | None = None, tokenizer=None, policy: DevicePolicy | None = None,
                  sampler=None, progress: Progress | None = None, recorder: RunRecorder | None = None,
-                 stop: StopRequest | None = None, record_train_metrics: bool = True):
+                 stop: StopRequest | None = None, record_train_metrics: bool = True, dist: DistEnv | None = None):
         self.cfg = cfg
+        self.dist = dist or DistEnv()
+        self.par = None  # the parallel mode's hooks (lm.distributed), None in a world of one
         self.run_dir = Path(run_dir)
         self.train_tokens = train_tokens
         self.val_tokens = val_tokens
@@ -115,6 +120,7 @@ class Trainer:
         self.record_train_metrics = record_train_metrics
         inject = os.environ.get(INJECT_NAN_ENV, "").strip()
         self._inject_nan_at = int(inject) if inject.isdigit() else None
+        self._inject_rank = os.environ.get(INJECT_NAN_RANK_ENV, "").strip()
         self.state = TrainState()
         self.summary: dict = {}
         self._ready = False
@@ -143,13 +149,19 @@ class Trainer:
         torch.manual_seed(seed)
         # Initialized on the CPU so a seed gives the same weights on every device.
         self.model = TransformerLM(cfg.model).to(policy.device)
+        wrapped = self._parallelize()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         if self.sampler is None:
             self.sampler = default_sampler(self.train_tokens, cfg.training.batch_size, T, seed)
         eval_bs = cfg.eval.batch_size or cfg.training.batch_size
-        self.eval_batches = to_device_batches(
-            default_eval_batches(self.val_tokens, eval_bs, T, cfg.eval.batches), policy.device)
+        eval_batches = default_eval_batches(self.val_tokens, eval_bs, T, cfg.eval.batches)
+        if self.par is not None:  # each rank reads its slice of the same global batches
+            from lm.distributed.data import RankSlice, rank_eval_batches
+
+            self.sampler = RankSlice(self.sampler, self.dist.rank, self.dist.world_size)
+            eval_batches = rank_eval_batches(list(eval_batches), self.dist.rank, self.dist.world_size)
+        self.eval_batches = to_device_batches(eval_batches, policy.device)
         lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size) if self.tokenizer is not None else None
         self.token_bytes = torch.as_tensor(lengths, device=policy.device) if lengths is not None else None
         self.bytes_per_token = (self.val_bytes / len(self.val_tokens)) if self.val_bytes else None
@@ -160,14 +172,34 @@ class Trainer:
         if resume_from is not None:
             rng_state = self._restore(Path(resume_from))
         # Compiling wraps the module; checkpoints always save the underlying one.
-        self.train_model = torch.compile(self.model) if policy.compile else self.model
+        self.train_model = torch.compile(wrapped) if policy.compile else wrapped
         self.model.train()
         if rng_state is not None:
             missing = restore_rng(rng_state, policy.device)  # last: nothing above may draw after it
             self._exact_resume = self._exact_resume and not missing
         self._ready = True
 
+    def _inject_here(self) -> bool:
+        """Whether this rank injects the test NaN (every rank unless LAB_INJECT_NAN_RANK names one)."""
+        return not self._inject_rank.isdigit() or int(self._inject_rank) == self.dist.rank
+
+    def _parallelize(self) -> torch.nn.Module:
+        """Wrap the model for DDP/FSDP2 when several processes train it; the module to call in training."""
+        if not self.dist.distributed:
+            return self.model
+        from lm.distributed.data import check_batch_split
+        from lm.distributed.plan import build_parallel, choose_mode
+
+        check_batch_split(self.cfg, self.dist.world_size)
+        mode, self.parallel_reason = choose_mode(self.cfg, self.dist, self.policy.device_name)
+        self.par = build_parallel(mode, self.dist, self.policy.device, self.policy)
+        return self.par.wrap(self.model) if self.par is not None else self.model
+
     def _restore(self, path: Path) -> dict | None:
+        if self.par is not None and self.par.shards_state:
+            from lm.distributed.dcp import restore_sharded
+
+            return restore_sharded(self, path)
         ckpt = load_training_checkpoint(path)
         try:
             check_state_dict(self.model, ckpt["model"])
@@ -187,6 +219,10 @@ class Trainer:
             except (ValueError, KeyError, RuntimeError) as e:
                 raise CheckpointError(f"cannot resume from {path}: its optimizer state does not fit this model "
                                       f"({e})") from None
+        elif ckpt.get("sharded"):  # written under FSDP2: the optimizer state is in the DCP folder it names
+            from lm.distributed.dcp import load_sharded_optimizer, sharded_dir
+
+            load_sharded_optimizer(self.model, self.optimizer, sharded_dir(path, ckpt))
         if ckpt.get("sampler") is not None:
             self.sampler.load_state_dict(ckpt["sampler"])
         t = ckpt.get("trainer") or {}
@@ -278,9 +314,11 @@ class Trainer:
             rec.update_status(state="running", step=0, tokens=0, total_steps=total, message="",
                               best_val_loss=None, best_val_bpb=None, last_val_loss=None)
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
-                      f"{self.policy.device_name} ({self.policy.dtype}{', compiled' if self.policy.compile else ''})",
-                      device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
-                      params=self.model.num_params())
+                      f"{self.policy.device_name} ({self.policy.dtype}{', compiled' if self.policy.compile else ''})"
+                      + self._world_note(), device=str(self.policy.device), dtype=self.policy.dtype,
+                      compile=self.policy.compile, params=self.model.num_params(), **self._world_fields(True))
+        if self.par is not None:
+            rec.update_status(**self._world_fields())
         if st.step >= total:
             return self._finish(f"already finished: step {st.step} of {total}")
         self._mfu_inputs = _mfu_inputs(cfg.model, self.policy)
@@ -288,11 +326,12 @@ class Trainer:
         window = StepWindow(cfg.training.log_every, self.policy.device)
         self._win_t0, self._win_paused = time.perf_counter(), 0.0
         while st.step < total:
-            if self.stop.requested:  # asked before this session's first step: nothing new to check or log
+            if self.stop.requested and self.par is None:  # asked before this session's first step
                 self._save(step_file=False, best=False)
                 return self._stopped()
             self._step(window)
-            code = self._boundary(window, stopping=self.stop.requested)
+            stopping, time_up = self._stop_signals()
+            code = self._boundary(window, stopping=stopping, time_up=time_up)
             if code is not None:
                 return code
         return self._finish("")
@@ -305,25 +344,58 @@ class Trainer:
         # freeing them before the forward keeps them out of the activation peak.
         self.optimizer.zero_grad(set_to_none=True)
         accum = cfg.training.grad_accum
+        par = self.par
         loss_sum = None
-        for _ in range(accum):
+        for i in range(accum):
             x, y = self.sampler.next_batch(policy.device)
-            with policy.autocast():
-                logits = self.train_model(x)
-            # torch's fused cross-entropy (checked against lm.functional.cross_entropy in the core tests).
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-            if self._inject_nan_at == step:
-                loss = loss * float("nan")
-            (loss / accum).backward()
+            # Under DDP/FSDP2 gradients are synchronized on the last micro-step only.
+            with par.micro_step(i == accum - 1) if par is not None else contextlib.nullcontext():
+                with par.autocast(policy) if par is not None else policy.autocast():
+                    logits = self.train_model(x)
+                # torch's fused cross-entropy (checked against lm.functional.cross_entropy in the core tests).
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+                if self._inject_nan_at == step and self._inject_here():
+                    loss = loss * float("nan")
+                (loss / accum).backward()
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         clip = cfg.optimizer.grad_clip
-        norm = clip_grad_norm(self.params, clip) if clip > 0 else grad_norm(self.params)
+        if par is not None:  # the global norm (sharded gradients under FSDP2); the loss averaged over ranks
+            norm = par.clip_grad_norm(self.params, clip) if clip > 0 else par.grad_norm(self.params)
+            loss_sum = par.mean(loss_sum)
+        else:
+            norm = clip_grad_norm(self.params, clip) if clip > 0 else grad_norm(self.params)
         self.optimizer.step()
         window.add(step, loss_sum / accum, norm, lr)
         self.state.step = step
         self.state.tokens += cfg.tokens_per_step
 
-    def _boundary(self, window: StepWindow, stopping: bool) -> int | None:
+    def _stop_signals(self) -> tuple[bool, bool]:
+        """(stop requested, training.max_time reached): this process's, or the ranks' agreed vote."""
+        max_time = self.cfg.training.max_time
+        time_up = max_time > 0 and self._now() >= max_time
+        if self.par is None:
+            return self.stop.requested, time_up
+        if not hasattr(self, "_vote"):
+            from lm.distributed.faults import StopVote, maybe_kill_self
+
+            self._vote, self._maybe_kill = StopVote(self.dist.control), maybe_kill_self
+        self._maybe_kill(self.state.step, self.dist.rank)
+        return self._vote.cast(self.stop.requested, time_up)
+
+    def _world_fields(self, reason: bool = False) -> dict:
+        """world_size and parallel mode for status.json and the start event."""
+        out = {"world_size": self.dist.world_size, "parallel": self.par.mode if self.par is not None else "none"}
+        if reason and self.par is not None:
+            out.update(parallel_reason=self.parallel_reason, nccl=list(self.dist.nccl_notes))
+        return out
+
+    def _world_note(self) -> str:
+        if self.par is None:
+            return ""
+        notes = "".join(f"; {n}" for n in self.dist.nccl_notes)
+        return f" x {self.dist.world_size} processes, {self.par.mode.upper()} ({self.parallel_reason}){notes}"
+
+    def _boundary(self, window: StepWindow, stopping: bool, time_up: bool | None = None) -> int | None:
         """Log, evaluate, checkpoint, stop or halt after a step; an exit code ends the run."""
         cfg, st = self.cfg, self.state
         step, total = st.step, cfg.training.steps
@@ -331,7 +403,8 @@ class Trainer:
         do_log = self.record_train_metrics and (step % cfg.training.log_every == 0 or last)
         do_eval = (cfg.eval.every > 0 and step % cfg.eval.every == 0) or last
         do_ckpt = (cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0) or last
-        time_up = cfg.training.max_time > 0 and self._now() >= cfg.training.max_time
+        if time_up is None:
+            time_up = cfg.training.max_time > 0 and self._now() >= cfg.training.max_time
         if not (do_log or do_eval or do_ckpt or stopping or time_up):
             return None
         stats = window.peek()  # the one host sync of this boundary
@@ -372,13 +445,17 @@ class Trainer:
         tokens_per_s = len(stats.steps) * cfg.tokens_per_step / seconds
         loss = stats.mean_loss()
         flops_per_token, peak, estimated = self._mfu_inputs
-        mfu = tokens_per_s * flops_per_token / peak if flops_per_token and peak else None
+        world = self.dist.world_size if self.par is not None else 1
+        mfu = tokens_per_s * flops_per_token / (peak * world) if flops_per_token and peak else None
+        peak_mem = peak_memory(self.policy.device)
+        if self.par is not None:  # the largest over ranks (one small collective per log line)
+            peak_mem = int(self.par.max_host(peak_mem))
         record = {"type": "train", "step": st.step, "tokens": st.tokens, "time": round(self._now(), 3),
                   "loss": loss, "ppl": math.exp(loss) if loss < 700 else float("inf"), "lr": stats.lrs[-1],
                   "grad_norm": stats.mean_grad_norm(), "tokens_per_s": round(tokens_per_s, 1),
-                  "mfu": mfu, "mfu_estimated": estimated, "peak_mem": peak_memory(self.policy.device)}
+                  "mfu": mfu, "mfu_estimated": estimated, "peak_mem": peak_mem}
         if self._ns_flops and peak:  # Muon's Newton-Schulz: optimizer work, reported apart from the model's MFU
-            record["optimizer_mfu"] = len(stats.steps) / seconds * self._ns_flops / peak
+            record["optimizer_mfu"] = len(stats.steps) / seconds * self._ns_flops / (peak * world)
         self.recorder.metric(record)
         self.recorder.update_status(step=st.step, tokens=st.tokens, throttle=True)
 
@@ -387,6 +464,10 @@ class Trainer:
         st = self.state
         res = evaluate(self.model, self.eval_batches, self.policy, token_bytes=self.token_bytes,
                        bytes_per_token=self.bytes_per_token)
+        if self.par is not None:  # each rank evaluated its slice of every batch: combine the sums
+            from lm.distributed.data import combine_eval
+
+            res = combine_eval(res, self.par, self.bytes_per_token)
         now = round(self._now(), 3)
         self.recorder.metric({"type": "eval", "step": st.step, "tokens": st.tokens, "time": now,
                               "val_loss": res.loss, "val_ppl": res.ppl, "val_bpb": res.bpb})
@@ -404,14 +485,23 @@ class Trainer:
     def checkpoint_dict(self) -> dict:
         """The resumable checkpoint of the current state (format ``lm-checkpoint/1``)."""
         self.state.time = self._now()
-        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+        model_state = self.par.full_state_dict() if self.par is not None else self.model.state_dict()
+        return {"format": CHECKPOINT_FORMAT, "model": model_state,
                 "optimizer": self.optimizer.state_dict(), "iteration": self.state.step,
                 "config": to_dict(self.cfg), "sampler": self.sampler.state_dict(),
                 "rng": capture_rng(self.policy.device), "trainer": self.state.to_dict(),
                 "tokenizer_fingerprint": self.tokenizer.fingerprint() if self.tokenizer is not None else None}
 
     def _save(self, *, step_file: bool, best: bool) -> None:
-        paths = self.checkpoints.save(self.checkpoint_dict(), self.state.step, keep_step_file=step_file, best=best)
+        if self.par is not None:
+            from lm.distributed.dcp import save_distributed
+
+            paths = save_distributed(self, step_file=step_file, best=best)
+            if not self.dist.is_main:
+                return
+        else:
+            paths = self.checkpoints.save(self.checkpoint_dict(), self.state.step, keep_step_file=step_file,
+                                          best=best)
         rel = _rel(paths[0], self.run_dir)
         self.recorder.event("checkpoint", self.state.step, self._now(), rel, path=rel, best=best)
 
@@ -435,7 +525,7 @@ class Trainer:
     def _worst_gradient(self) -> tuple[str, float] | None:
         """The first parameter with a non-finite gradient, else the largest (from the last step's grads)."""
         named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
-        if not named:
+        if not named or (self.par is not None and self.par.shards_state):  # sharded: no per-tensor norm here
             return None
         norms = torch.stack([g.detach().float().norm() for _, g in named]).cpu().tolist()
         for (name, _), norm in zip(named, norms):
