@@ -108,6 +108,8 @@ def _launch(args, cfg) -> int:
         child += ["--run-dir", run_dir]
     if args.device:
         child += ["--device", args.device]
+    if getattr(args, "checkpoint", None):
+        child += ["--checkpoint", args.checkpoint]
     return launch(args.gpus, child, run_dir=run_dir, nnodes=args.nnodes, node_rank=args.node_rank,
                   rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id)
 
