@@ -132,3 +132,36 @@ def write_error_message(path: str | os.PathLike, e: BaseException) -> str:
 def is_temp_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is named like a temp file of :func:`atomic_write` (safe to delete once its writer is gone)."""
     return bool(_TEMP_NAME.match(Path(path).name))
+
+
+def refuse_overwrite(path: str | os.PathLike, *, force: bool, directory: bool = False,
+                     option: str = "--out") -> None:
+    """OutputExistsError unless writing ``path`` would lose nothing (or ``force``).
+
+    ``directory=True``: ``path`` is a folder to write into; it may be absent or
+    empty. Otherwise ``path`` is a file that must not exist yet. Every command
+    that writes user-named outputs calls this first.
+    """
+    from lm.errors import OutputExistsError
+
+    if force:
+        return
+    p = Path(path)
+    if directory:
+        if p.is_dir():
+            try:
+                names = sorted(q.name for q in p.iterdir())
+            except OSError:
+                names = []
+            if names:
+                shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+                raise OutputExistsError(
+                    f"{option} {p} is a folder that already holds files ({shown}); writing there would replace "
+                    "them. Give an empty or new folder, or add --force to overwrite.")
+        elif p.exists():
+            raise OutputExistsError(f"{option} {p} is a file; give a folder (new or empty) to write into")
+        return
+    if p.is_dir():
+        raise OutputExistsError(f"{option} {p} is a folder; give the path of a file to write")
+    if p.exists():
+        raise OutputExistsError(f"{option} {p} already exists; give another path, or add --force to overwrite it")

@@ -48,3 +48,7 @@ class TokenizerError(LabError):
 
 class ExportError(LabError):
     """A model or folder that cannot be exported to, or imported from, another format."""
+
+
+class OutputExistsError(LabError):
+    """An output file or a non-empty output folder exists and ``--force`` was not given."""

@@ -53,6 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="write a profiler trace (Chrome/Perfetto JSON) with named ranges and, on CUDA, a memory "
                         "snapshot per case into DIR (default runs/bench/profile-<time>)")
     p.add_argument("--out", metavar="FILE.json", help="where to write the results (default runs/bench/bench-<time>.json)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--no-tf32", action="store_true", help="fp32 matmuls in full fp32 on CUDA (the trainer uses TF32)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's); on a busy machine 1 avoids spinning threads")
@@ -134,6 +135,10 @@ def run(args) -> int:
     from lm.bench.steps import resolve_device
     from lm.errors import LabError
 
+    if args.out:
+        from lm.atomic import refuse_overwrite
+
+        refuse_overwrite(args.out, force=args.force)
     try:
         device = resolve_device(args.device)
         torch.empty(0, device=device)

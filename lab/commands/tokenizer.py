@@ -43,6 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="DIR", help="directory to write the tokenizer files into")
     t.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes that pre-tokenize the corpus (default: all cores)")
+    t.add_argument("--force", action="store_true", help="overwrite the tokenizer files in a non-empty --out")
 
     i = sub.add_parser("info", help="show a tokenizer's size, special tokens, fingerprint and longest tokens")
     i.add_argument("dir", metavar="DIR", help="tokenizer directory (as written by `lab tokenizer train`)")
@@ -57,6 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--out", metavar="PATH", help="token file to write (default: INPUT with .bin)")
     e.add_argument("--workers", type=int, default=None, metavar="N",
                    help="encoding processes (default: all cores)")
+    e.add_argument("--force", action="store_true", help="overwrite an existing --out token file")
     return p
 
 
@@ -77,6 +79,7 @@ def _train(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+    from lm.atomic import refuse_overwrite
     from lm.errors import TokenizerError
     from lm.tokenizer import Tokenizer
     from lm.tokenizer.chunks import check_corpus
@@ -88,6 +91,7 @@ def _train(args) -> int:
     size = check_corpus(args.input)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise TokenizerError(f"--out {args.out} is a file; give a directory for vocab.json and merges.txt")
+    refuse_overwrite(args.out, force=args.force, directory=True)
     console = Console(stderr=True)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TaskProgressColumn(),
@@ -174,10 +178,16 @@ def _encode_file(tok, args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+    from lm.atomic import refuse_overwrite
+    from lm.errors import TokenizerError
     from lm.tokenizer.chunks import check_corpus
 
     size = check_corpus(args.input)
     out = args.out or os.path.splitext(args.input)[0] + ".bin"
+    if os.path.abspath(out) == os.path.abspath(args.input):
+        raise TokenizerError(f"--out {out} is the corpus being encoded; give another path for the token file")
+    refuse_overwrite(out, force=args.force)
+    refuse_overwrite(out + ".json", force=args.force, option="the sidecar")
     console = Console(stderr=True)
     start = time.perf_counter()
     with Progress(TextColumn("encoding"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),

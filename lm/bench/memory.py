@@ -32,13 +32,15 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> int:
     The garbage collector is run first and paused meanwhile: otherwise it may free, inside the
     window, tensors of objects that died earlier (reference cycles), which would show as frees.
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
+
+    from lm.bench.profiling import quiet_profile
 
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with quiet_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
     finally:
         if was_enabled:

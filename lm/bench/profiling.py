@@ -120,6 +120,41 @@ def instrument(model: torch.nn.Module, *, nvtx: bool | None = None, attention_st
             h.remove()
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null: kineto prints ``USDT: ... profiler_start/stop`` from C++ there."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def quiet_profile(**kwargs):
+    """``torch.profiler.profile(**kwargs)`` without the native log lines its start and stop print.
+
+    Only the start and the stop are silenced; whatever runs inside keeps its stderr.
+    """
+    from torch.profiler import profile
+
+    prof = profile(**kwargs)
+    with _native_stderr_silenced():
+        prof.start()
+    try:
+        yield prof
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
+
+
 def profile_workload(work, out_dir: str | os.PathLike, *, steps: int = 2, warmup: int = 2,
                      tag: str = "bench") -> dict[str, str]:
     """Run ``steps`` training steps under the profiler with ranges; write the trace and memory snapshot.
@@ -128,7 +163,7 @@ def profile_workload(work, out_dir: str | os.PathLike, *, steps: int = 2, warmup
     Chrome/Perfetto JSON (open in ui.perfetto.dev); the snapshot is a pickle
     for https://pytorch.org/memory_viz.
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +176,7 @@ def profile_workload(work, out_dir: str | os.PathLike, *, steps: int = 2, warmup
         torch.cuda.synchronize()
         torch.cuda.memory._record_memory_history(max_entries=200_000)
     with instrument(work.model):
-        with profile(activities=activities, record_shapes=True, profile_memory=True) as prof:
+        with quiet_profile(activities=activities, record_shapes=True, profile_memory=True) as prof:
             for _ in range(steps):
                 with torch.autograd.profiler.record_function("train_step"):
                     work.step()
