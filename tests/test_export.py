@@ -336,3 +336,63 @@ def test_missing_run_checkpoint_and_full_output_folder_get_clear_errors(tmp_path
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # the run is only read
     with pytest.raises(LabError, match="writes fp32 only"):
         export_run(run, "onnx", tmp_path / "o", dtype="bf16")
+
+
+# ----------------------------------------------------------------------------- a real run, end to end
+
+def test_a_trained_run_exports_through_the_cli(tmp_path):
+    """`lab run` (in process, 10 steps) writes best.safetensors equal to best.pt; `lab export` of the run
+    gives transformers the same logits as lab's loader, and the tokenizer the trainer trained."""
+    from lm.checkpoint import torch_load
+    from lm.inference import open_run
+    from test_train_cli import experiment, run_in_process
+
+    exp = experiment(tmp_path, training={"steps": 10}, eval={"every": 5}, checkpoint={"every": 5})
+    run = tmp_path / "runs" / "trained"
+    assert run_in_process(exp, run) == 0
+    best = torch_load(run / "checkpoints" / "best.pt")["model"]
+    weights, meta = read_state_dict(run / "checkpoints" / "best.safetensors")
+    assert weights.keys() == best.keys() and all(torch.equal(weights[k], best[k]) for k in best)
+    assert meta["step"] == str(torch_load(run / "checkpoints" / "best.pt")["iteration"])
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    loaded = open_run(run, device="cpu")
+    hf = _hf_model(tmp_path / "hf")
+    text = "The quick fox sat on the mat."
+    ids = torch.tensor([loaded.tokenizer.encode(text)])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, loaded.model(ids), atol=1e-4, rtol=0)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")(text)["input_ids"] == ids[0].tolist()
+
+
+def test_import_of_a_llama_saved_by_transformers_gives_its_logits(tmp_path):
+    """An HF folder lab did not write: a random LlamaForCausalLM saved by transformers and a byte-level BPE
+    trained by the tokenizers library. The imported run's logits and token ids are transformers'."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from lm.inference import open_run
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, max_position_embeddings=32, rms_norm_eps=1e-5,
+                                   rope_theta=2000.0, bos_token_id=0, eos_token_id=0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0, 0.3)  # norm gains off 1, so a swapped norm shows
+    folder = tmp_path / "hf"
+    hf.save_pretrained(folder)
+    bpe = HFTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([MIXED_TEXT] * 20, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(folder / "tokenizer.json"))
+    assert main(["import", str(folder), "--out", str(tmp_path / "run")]) == 0
+    loaded = open_run(tmp_path / "run", device="cpu")
+    ids = torch.randint(0, 400, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids), hf(ids).logits, atol=1e-4, rtol=0)
+    assert loaded.tokenizer.encode(MIXED_TEXT) == bpe.encode(MIXED_TEXT).ids
+    assert loaded.model.cfg.rope_theta == 2000.0
