@@ -4,11 +4,14 @@ Everything is measured in one run on the same machine, and printed as ratios:
 
 1. training a 10,000-token byte-level BPE on tinyshakespeare.txt: lm time /
    ``tokenizers`` time (target: at most 2);
-2. encoding tinyshakespeare.txt with GPT-2's merges in one process: lm
-   throughput / tiktoken throughput, with a fresh tokenizer (cold caches) and
-   again (warm), plus the regex pre-tokenizer alone for scale (target: >= 0.5);
-3. encoding a large file (default 40 MB) with ``encode_file`` on 1 worker and
-   on every core, against tiktoken in one thread;
+2. encoding tinyshakespeare.txt and a TinyStories-like text with GPT-2's
+   merges in one process, wall clock: lm throughput / tiktoken throughput on
+   the first pass of a fresh tokenizer (empty caches: what a user meets, since
+   every corpus is encoded once) and on warm passes, for the compiled path (the
+   C extension, when built) and the pure-Python path, best of interleaved
+   rounds with the load average (target: first pass >= 0.5);
+3. encoding a large file (default 100 MB) with ``encode_file`` on 1 worker and
+   on every core, against tiktoken in one thread (target: all cores >= 1x);
 4. training on a 200 MB corpus made by repeating tinyshakespeare with ~1% of
    its lines mutated per copy (so distinct pre-tokens keep growing, like real
    text): time and peak resident memory of the training process tree, summed
@@ -17,7 +20,7 @@ Everything is measured in one run on the same machine, and printed as ratios:
     python3 bench/tokenizer.py                    # everything (a few minutes on 2 cores)
     python3 bench/tokenizer.py --skip-big         # parts 1-2 only
     python3 bench/tokenizer.py --skip-train-big   # parts 1-3
-    python3 bench/tokenizer.py --big-mb 200 --big-vocab 10000 --encode-mb 40
+    python3 bench/tokenizer.py --big-mb 200 --big-vocab 10000 --encode-mb 100
 """
 
 from __future__ import annotations
@@ -99,33 +102,82 @@ def bench_training(repeats: int) -> None:
     print(f"[train] lm / tokenizers time: {lm / hf:.2f} wall, {lm_cpu / hf_cpu:.2f} CPU  (target <= 2)")
 
 
-def bench_encoding(repeats: int) -> None:
+def make_stories_text(megabytes: float, seed: int = 0) -> str:
+    """A TinyStories-like text: the sample's sentences reshuffled into stories, ~2% of words mutated, <|endoftext|>
+    between stories (the sample itself is 4 KB; repeating it unchanged would make every pass but the first warm)."""
+    rng = random.Random(seed)
+    sample = (DATA / "tinystories_sample.txt").read_text(encoding="utf-8")
+    sentences = [s.strip() + "." for story in sample.split(EOT) for s in story.split(".") if s.strip()]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    target = int(megabytes * 1e6)
+    parts, size = [], 0
+    while size < target:
+        story = []
+        for sentence in rng.sample(sentences, min(len(sentences), rng.randint(4, 12))):
+            words = sentence.split(" ")
+            for j, w in enumerate(words):
+                if rng.random() < 0.02 and w:
+                    w = list(w)
+                    w[rng.randrange(len(w))] = rng.choice(letters)
+                    words[j] = "".join(w)
+            story.append(" ".join(words))
+        text = " ".join(story) + "\n" + EOT + "\n"
+        parts.append(text)
+        size += len(text)
+    return "".join(parts)
+
+
+def bench_encoding(repeats: int, stories_mb: float) -> None:
+    """First pass (a fresh tokenizer, empty caches) and warm passes, wall clock, interleaved with tiktoken.
+
+    Each round runs tiktoken, then lm's compiled path, then lm's pure-Python path on the same text, with
+    the load average before each; the best of the rounds is reported, so that a burst of load from other
+    jobs on a shared machine hits all three alike and the least disturbed run counts.
+    """
     enc = tiktoken_gpt2()
+    start = time.perf_counter()
     gpt2 = Tokenizer.from_files(DATA / "gpt2_vocab.json", DATA / "gpt2_merges.txt", [EOT])
-    text = (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    t_load = time.perf_counter() - start
+    start = time.perf_counter()
+    tiktoken_gpt2()
+    t_tik_load = time.perf_counter() - start
+    print(f"[encode] loading GPT-2: lm Tokenizer.from_files {t_load:.2f} s (compiled path: {gpt2.is_compiled}), "
+          f"tiktoken Encoding from the same ranks {t_tik_load:.2f} s")
+    paths = {"compiled": True, "pure": False} if gpt2.is_compiled else {"pure": False}
+    texts = {
+        "tinyshakespeare.txt": (DATA / "tinyshakespeare.txt").read_text(encoding="utf-8"),
+        f"TinyStories-like {stories_mb:g} MB": make_stories_text(stories_mb),
+    }
+    for name, text in texts.items():
+        mb = len(text.encode("utf-8")) / 1e6
+        best = {"tiktoken": float("inf")}
+        for path in paths:
+            best[path + " first"] = best[path + " warm"] = float("inf")
+        loads = []
+        for _ in range(repeats):
+            loads.append(os.getloadavg()[0])
+            start = time.perf_counter()
+            expected = enc.encode(text, allowed_special={EOT})
+            best["tiktoken"] = min(best["tiktoken"], time.perf_counter() - start)
+            for path, compiled in paths.items():
+                fresh = Tokenizer(gpt2.vocab, gpt2.merges, [EOT], compiled=compiled)  # untimed, like tiktoken's
+                for label in ("first", "warm", "warm"):
+                    start = time.perf_counter()
+                    ids = fresh.encode(text)
+                    seconds = time.perf_counter() - start
+                    best[f"{path} {label}"] = min(best[f"{path} {label}"], seconds)
+                    assert ids == expected, f"lm ({path}) and tiktoken disagree on {name}"
+        tik = best["tiktoken"]
+        print(f"[encode] {name} ({mb:.2f} MB, {len(expected)} tokens), one process, best of {repeats} interleaved "
+              f"rounds (load average {min(loads):.1f}-{max(loads):.1f}): tiktoken {mb / tik:.1f} MB/s")
+        for path in paths:
+            first, warm = best[path + " first"], best[path + " warm"]
+            print(f"[encode]   lm {path:8s}: first pass {mb / first:6.1f} MB/s = {tik / first:.2f}x tiktoken, "
+                  f"warm {mb / warm:6.1f} MB/s = {tik / warm:.2f}x  (target: first pass >= 0.5x)")
+    text = texts["tinyshakespeare.txt"]
     mb = len(text.encode("utf-8")) / 1e6
-    t_tik, c_tik, expected = best_of(repeats, lambda: enc.encode_ordinary(text))
-    t_re, c_re, _ = best_of(repeats, lambda: PRETOKEN_RE.findall(text))
-    t_cold = c_cold = float("inf")
-    paired = []  # tiktoken then lm's first pass, back to back: each pair sees about the same load
-    for _ in range(repeats):  # a new tokenizer each time (built untimed, like tiktoken's Encoding): empty caches
-        fresh = Tokenizer(gpt2.vocab, gpt2.merges, [EOT])
-        _, c_pair_tik, _ = best_of(1, lambda: enc.encode_ordinary(text))
-        seconds, cpu, ids = best_of(1, lambda tok=fresh: tok.encode(text))
-        t_cold, c_cold = min(t_cold, seconds), min(c_cold, cpu)
-        paired.append(c_pair_tik / cpu)
-        assert ids == expected, "lm and tiktoken disagree"
-    t_warm, c_warm, ids = best_of(repeats, lambda: fresh.encode(text))
-    assert ids == expected
-    print(f"[encode] tinyshakespeare.txt ({len(expected)} tokens), one process: tiktoken {mb / t_tik:.1f} MB/s; "
-          f"lm first pass (empty caches) {mb / t_cold:.1f} MB/s, again (warm caches) {mb / t_warm:.1f} MB/s; "
-          f"GPT-2 regex alone {mb / t_re:.1f} MB/s")
-    print(f"[encode] lm / tiktoken throughput, wall (CPU): first pass {t_tik / t_cold:.2f} ({c_tik / c_cold:.2f}), "
-          f"warm {t_tik / t_warm:.2f} ({c_tik / c_warm:.2f}); regex alone {t_tik / t_re:.2f} ({c_tik / c_re:.2f})"
-          "  (target >= 0.5)")
-    paired.sort()
-    print(f"[encode] first pass, CPU ratio of back-to-back pairs (tiktoken, lm): median {paired[len(paired) // 2]:.2f}, "
-          f"range {paired[0]:.2f}-{paired[-1]:.2f} over {len(paired)} pairs")
+    t_re, _, _ = best_of(repeats, lambda: PRETOKEN_RE.findall(text))
+    print(f"[encode] GPT-2 regex alone (the pure-Python path's floor) on tinyshakespeare.txt: {mb / t_re:.1f} MB/s")
 
 
 def make_big_corpus(path: Path, megabytes: float, seed: int = 0) -> None:
@@ -204,25 +256,31 @@ def bench_big(tmp: Path, big_mb: float, big_vocab: int, encode_mb: float, file_r
         dst.write(data[:data.rfind(b"\n") + 1])
     text = part.read_text(encoding="utf-8")
     mb = part.stat().st_size / 1e6
-    t_tik, c_tik, expected = best_of(1, lambda: enc.encode(text, allowed_special={EOT}))
-    num_expected = len(expected)
-    del text, expected
     workers = resolve_workers(None)
-    # Interleaved (1, N, N, 1, ...) so that a change in the machine's load hits both alike;
-    # each run has a fresh tokenizer (empty caches). Best wall and best CPU per worker count.
+    # Interleaved rounds (tiktoken, 1, N), (tiktoken, N, 1), ... so that a change in the machine's load hits
+    # all alike; each lm run has a fresh tokenizer (empty caches). Best wall and best CPU of each.
     runs: dict[int, list[tuple[float, float]]] = {1: [], workers: []}
-    order = [n for r in range(file_repeats) for n in ((1, workers) if r % 2 == 0 else (workers, 1))]
-    for n in order:
-        fresh = Tokenizer(gpt2.vocab, gpt2.merges, [EOT])
+    t_tik = c_tik = float("inf")
+    num_expected = None
+    for r in range(file_repeats):
         load = os.getloadavg()[0]
-        wall, cpu, info = best_of(1, lambda tok=fresh, n=n: tok.encode_file(part, tmp / f"w{n}.bin", workers=n))
-        assert info.num_tokens == num_expected
-        runs[n].append((wall, cpu))
-        print(f"[encode-file]   {n} worker(s): {wall:.2f} s wall, {cpu:.2f} s CPU (load average {load:.1f})")
+        wall, cpu, expected = best_of(1, lambda: enc.encode(text, allowed_special={EOT}))
+        t_tik, c_tik = min(t_tik, wall), min(c_tik, cpu)
+        num_expected = len(expected)
+        del expected
+        print(f"[encode-file]   tiktoken, 1 thread, text in memory: {wall:.2f} s wall (load average {load:.1f})")
+        for n in ((1, workers) if r % 2 == 0 else (workers, 1)):
+            fresh = Tokenizer(gpt2.vocab, gpt2.merges, [EOT])
+            load = os.getloadavg()[0]
+            wall, cpu, info = best_of(1, lambda tok=fresh, n=n: tok.encode_file(part, tmp / f"w{n}.bin", workers=n))
+            assert info.num_tokens == num_expected
+            runs[n].append((wall, cpu))
+            print(f"[encode-file]   {n} worker(s): {wall:.2f} s wall, {cpu:.2f} s CPU (load average {load:.1f})")
+    del text
     t_one, c_one = min(w for w, _ in runs[1]), min(c for _, c in runs[1])
     t_all, c_all = min(w for w, _ in runs[workers]), min(c for _, c in runs[workers])
-    print(f"[encode-file] {mb:.0f} MB, empty caches, file to file: tiktoken (1 thread, text in memory) "
-          f"{mb / t_tik:.1f} MB/s ({c_tik:.1f} s CPU); lm 1 worker {mb / t_one:.1f} MB/s ({c_one:.1f} s CPU), "
+    print(f"[encode-file] {mb:.0f} MB, empty caches, file to file (compiled path: {gpt2.is_compiled}): "
+          f"tiktoken (1 thread, text in memory) {mb / t_tik:.1f} MB/s ({c_tik:.1f} s CPU); lm 1 worker {mb / t_one:.1f} MB/s ({c_one:.1f} s CPU), "
           f"{workers} workers {mb / t_all:.1f} MB/s ({c_all:.1f} s CPU)")
     print(f"[encode-file] lm / tiktoken throughput: 1 worker {t_tik / t_one:.2f}, {workers} workers {t_tik / t_all:.2f}; "
           f"{workers} workers / 1 worker: {t_one / t_all:.2f} wall, CPU per MB {c_all / c_one:.2f}x; "
@@ -243,12 +301,13 @@ def bench_big(tmp: Path, big_mb: float, big_vocab: int, encode_mb: float, file_r
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=3, help="best-of repeats for the small measurements")
+    ap.add_argument("--repeats", type=int, default=5, help="best-of repeats (interleaved rounds) for the small measurements")
+    ap.add_argument("--stories-mb", type=float, default=2, help="size of the generated TinyStories-like text")
     ap.add_argument("--skip-big", action="store_true", help="skip the large-file encoding and 200 MB training")
     ap.add_argument("--big-mb", type=float, default=200, help="size of the generated training corpus")
     ap.add_argument("--big-vocab", type=int, default=10000, help="vocab size for the large training run")
-    ap.add_argument("--encode-mb", type=float, default=40, help="size of the file for the parallel encoding run")
-    ap.add_argument("--file-repeats", type=int, default=2,
+    ap.add_argument("--encode-mb", type=float, default=100, help="size of the file for the parallel encoding run")
+    ap.add_argument("--file-repeats", type=int, default=3,
                     help="interleaved runs of encode_file per worker count (1, N, N, 1, ...)")
     ap.add_argument("--skip-train-big", action="store_true", help="run the large-file encoding but not the big training")
     args = ap.parse_args()
@@ -258,7 +317,7 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     bench_training(args.repeats)
-    bench_encoding(args.repeats)
+    bench_encoding(args.repeats, args.stories_mb)
     if not args.skip_big:
         with tempfile.TemporaryDirectory(prefix="lm-tokenizer-bench-") as tmp:
             bench_big(Path(tmp), args.big_mb, args.big_vocab, args.encode_mb, args.file_repeats,

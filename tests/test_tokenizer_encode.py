@@ -11,7 +11,10 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from project_data import PROJECT_TEXTS
+
 from lm.tokenizer import GPT2_PATTERN, Tokenizer, get_tokenizer, train_bpe
+from lm.tokenizer import compiled as compiled_path
 from lm.tokenizer.byte_unicode import unicode_to_byte
 from lm.tokenizer.pretokenize import PRETOKEN_RE, WHITESPACE, cut_fields
 
@@ -51,19 +54,27 @@ def reference_encode(text: str, vocab: dict[int, bytes], merges: list[tuple[byte
 
 
 @pytest.fixture(scope="module")
-def gpt2(shared_data) -> Tokenizer:
-    return Tokenizer.from_files(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt", [EOT])
+def gpt2(gpt2_files) -> Tokenizer:
+    return Tokenizer.from_files(*gpt2_files, [EOT])
 
 
 @pytest.fixture(scope="module")
-def tiktoken_gpt2(shared_data):
-    """tiktoken's GPT-2 encoding built from the shared files (tiktoken would download it otherwise)."""
+def tiktoken_gpt2(gpt2_files):
+    """tiktoken's GPT-2 encoding built from the same files (tiktoken would download them otherwise)."""
     tiktoken = pytest.importorskip("tiktoken")
     decoder = unicode_to_byte()
-    vocab = json.loads((shared_data / "gpt2_vocab.json").read_text(encoding="utf-8"))
+    vocab = json.loads(gpt2_files[0].read_text(encoding="utf-8"))
     ranks = {bytes(decoder[c] for c in token): idx for token, idx in vocab.items() if token != EOT}
     return tiktoken.Encoding("gpt2-shared", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                              special_tokens={EOT: vocab[EOT]})
+
+
+def both_paths(tok: Tokenizer) -> list[Tokenizer]:
+    """Fresh tokenizers with the same merges: the pure-Python path, and the C extension's when built."""
+    paths = [Tokenizer(tok.vocab, tok.merges, tok.special_tokens, compiled=False)]
+    if compiled_path.AVAILABLE:
+        paths.append(Tokenizer(tok.vocab, tok.merges, tok.special_tokens, compiled=True))
+    return paths
 
 
 _SMALL_CORPUS = ("the cat sat on the mat. The cat's hat!  Then\n\nthe dog\t barked 123 times,\n"
@@ -76,7 +87,7 @@ def small(tmp_path_factory) -> Tokenizer:
     path = tmp_path_factory.mktemp("small") / "corpus.txt"
     path.write_text(_SMALL_CORPUS + EOT + _SMALL_CORPUS.upper(), encoding="utf-8")
     vocab, merges = train_bpe(path, 400, [EOT])
-    return Tokenizer(vocab, merges, [EOT])
+    return Tokenizer(vocab, merges, [EOT], compiled=False)
 
 
 # Whitespace of every kind next to spaces is what the space-field fast path must get right.
@@ -96,7 +107,7 @@ def tricky(tmp_path_factory) -> Tokenizer:
     path = tmp_path_factory.mktemp("tricky") / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     vocab, merges = train_bpe(path, 700, [EOT])
-    return Tokenizer(vocab, merges, [EOT])
+    return Tokenizer(vocab, merges, [EOT], compiled=False)
 _any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
 
 
@@ -130,18 +141,34 @@ def test_gpt2_matches_tiktoken_on_tinyshakespeare(gpt2, tiktoken_gpt2, shared_da
     text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
     expected = tiktoken_gpt2.encode_ordinary(text)
     assert len(expected) == 338025
-    fresh = Tokenizer(gpt2.vocab, gpt2.merges, [EOT])
-    assert fresh.encode(text) == expected  # empty caches: pre-tokens, numpy BPE rounds
-    assert fresh.encode(text) == expected  # known pre-tokens, new fields
-    assert fresh.encode(text) == expected  # known fields
+    for fresh in both_paths(gpt2):
+        assert fresh.encode(text) == expected  # empty caches: pre-tokens, numpy BPE rounds
+        assert fresh.encode(text) == expected  # known pre-tokens, new fields
+        assert fresh.encode(text) == expected  # known fields
 
 
 def test_gpt2_matches_tiktoken_on_tinystories_with_eot(gpt2, tiktoken_gpt2, shared_data):
     text = (shared_data / "tinystories_sample.txt").read_text(encoding="utf-8")
-    ids = gpt2.encode(text)
-    assert ids == tiktoken_gpt2.encode(text, allowed_special={EOT})
-    assert ids.count(50256) == text.count(EOT) > 0
-    assert gpt2.decode(ids) == text
+    expected = tiktoken_gpt2.encode(text, allowed_special={EOT})
+    for fresh in both_paths(gpt2):
+        ids = fresh.encode(text)
+        assert ids == expected
+        assert ids.count(50256) == text.count(EOT) > 0
+        assert fresh.decode(ids) == text
+
+
+@pytest.mark.parametrize("name", sorted(PROJECT_TEXTS))
+def test_gpt2_matches_tiktoken_on_the_project_texts(gpt2, tiktoken_gpt2, monkeypatch, name):
+    """The texts shipped with the tests (no ../shared needed), long enough for the first-pass path."""
+    import lm.tokenizer.tokenizer as module
+
+    monkeypatch.setattr(module, "_FRESH_MIN_FIELDS", 64)  # a few KB take the first-pass path too
+    text = PROJECT_TEXTS[name].read_text(encoding="utf-8")
+    expected = tiktoken_gpt2.encode(text, allowed_special={EOT})
+    for fresh in both_paths(gpt2):
+        assert fresh.encode(text) == expected
+        assert fresh.encode(text) == expected  # warm caches
+        assert fresh.decode(expected) == text
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -170,7 +197,7 @@ def test_first_pass_numpy_spans_match_reference(small, tricky, monkeypatch, text
     monkeypatch.setattr(module, "_FRESH_MAX_CACHED", 1 << 30)
     for tok in (small, tricky):
         expected = reference_encode(text, tok.vocab, tok.merges, [EOT])
-        fresh = Tokenizer(tok.vocab, tok.merges, [EOT])
+        fresh = Tokenizer(tok.vocab, tok.merges, [EOT], compiled=False)
         assert fresh.encode(text) == expected
         assert fresh.encode(text) == expected  # pre-tokens known: fills the field cache
         assert tok.encode(text) == expected
@@ -182,7 +209,7 @@ def test_field_cache_clearing_keeps_results(monkeypatch):
     merges = [(b" ", b"t"), (b"h", b"e"), (b" t", b"he"), (b"c", b"a")]
     for a, b in merges:
         vocab[len(vocab)] = a + b
-    tok = Tokenizer(vocab, merges)
+    tok = Tokenizer(vocab, merges, compiled=False)
     text = " ".join(f"the cat{i} ca{i}t" for i in range(40))
     for _ in range(2):
         assert tok.encode(text) == reference_encode(text, vocab, merges, [])
@@ -228,7 +255,7 @@ def test_merges_that_make_a_token_twice_skip_the_batch_path():
     for a, b in merges:
         if a + b not in vocab.values():
             vocab[len(vocab)] = a + b
-    tok = Tokenizer(vocab, merges)
+    tok = Tokenizer(vocab, merges, compiled=False)
     assert not rounds_are_exact(tok._merge_pairs, tok._merge_result, tok._byte_ids)
     assert not tok._rounds_exact
     text = " ".join(f"abcd{i} xbcd{i} abc" for i in range(400))  # enough new pre-tokens for the batch path
@@ -285,8 +312,8 @@ def test_special_token_in_vocab_keeps_its_id(gpt2):
     assert gpt2.encode(f"hi{EOT}") == [5303, 50256]
 
 
-def test_without_specials_the_text_is_ordinary(shared_data):
-    tok = Tokenizer.from_files(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt")
+def test_without_specials_the_text_is_ordinary(gpt2_files):
+    tok = Tokenizer.from_files(*gpt2_files)
     assert 50256 not in tok.encode(EOT)
     assert tok.decode(tok.encode(EOT)) == EOT
 
@@ -310,7 +337,7 @@ def test_encode_iterable_special_token_across_pieces(small, monkeypatch):
     import lm.tokenizer.tokenizer as module
 
     monkeypatch.setattr(module, "_STREAM_BUFFER_CHARS", 4)
-    tok = Tokenizer(small.vocab, small.merges, [EOT, EOT + EOT])
+    tok = Tokenizer(small.vocab, small.merges, [EOT, EOT + EOT], compiled=False)
     text = f"the cat{EOT}{EOT} sat{EOT}"
     pieces = [text[i:i + 5] for i in range(0, len(text), 5)]
     assert list(tok.encode_iterable(pieces)) == tok.encode(text)
@@ -346,9 +373,9 @@ def _stream_peak(tokenizer: Tokenizer, text: str, total_chars: int) -> tuple[int
 
 
 @pytest.mark.slow
-def test_encode_iterable_memory_is_bounded(gpt2, shared_data):
+def test_encode_iterable_memory_is_bounded(gpt2):
     """5 MB streamed: peak traced memory stays under a fixed bound (no list of ids, bounded caches)."""
-    text = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    text = PROJECT_TEXTS["verse"].read_text(encoding="utf-8") * 80
     fresh = Tokenizer(gpt2.vocab, gpt2.merges, [EOT])
     peak_small, _ = _stream_peak(fresh, text[:200_000], 1_000_000)
     peak_big, count = _stream_peak(fresh, text, 5_000_000)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -47,6 +45,7 @@ if TYPE_CHECKING:
 
 _TYPECODES = {"uint16": "H", "uint32": "I"}
 _ITEMSIZE = {"uint16": 2, "uint32": 4}
+_ITEMSIZE_OF = {"H": 2, "I": 4}
 
 
 @dataclass(frozen=True)
@@ -86,18 +85,17 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(vocab, merges, special_tokens) -> None:
+def _init_worker(vocab, merges, special_tokens, compiled) -> None:
     global _worker_tokenizer
     from lm.tokenizer.tokenizer import Tokenizer
 
-    _worker_tokenizer = Tokenizer(vocab, merges, special_tokens)
+    _worker_tokenizer = Tokenizer(vocab, merges, special_tokens, compiled=None if compiled else False)
 
 
 def _encode_range(tokenizer: Tokenizer, path: str, start: int, end: int, typecode: str) -> tuple[bytes, int, int]:
-    ids = array(typecode, tokenizer.encode(read_text_chunk(path, start, end)))
-    if sys.byteorder != "little":
-        ids.byteswap()
-    return ids.tobytes(), len(ids), end - start
+    itemsize = _ITEMSIZE_OF[typecode]
+    data = tokenizer.encode_to_bytes(read_text_chunk(path, start, end), itemsize)
+    return data, len(data) // itemsize, end - start
 
 
 def _start_pool(context, tokenizer: Tokenizer, processes: int):
@@ -110,7 +108,7 @@ def _start_pool(context, tokenizer: Tokenizer, processes: int):
         finally:
             _worker_tokenizer = None
     return worker_pool(context, processes, initializer=_init_worker,
-                       initargs=(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens))
+                       initargs=(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens, tokenizer.is_compiled))
 
 
 def _encode_task(task: tuple[str, int, int, str]) -> tuple[bytes, int, int]:

@@ -16,6 +16,11 @@ The regex runs only over the fields not seen before, all at once. A first
 large text (empty field cache) skips the per-field lists: its distinct fields
 are pre-tokenized together and its ids gathered with numpy
 (:mod:`lm.tokenizer.field_ids`).
+
+That is the pure-Python path, and the reference. When the optional C
+extension is built (:mod:`lm.tokenizer.compiled`), ordinary text goes through
+it instead: the same pre-tokens and merges, about 3x tiktoken's speed on a
+first pass; tests check that both paths give the same ids.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import hashlib
 import heapq
 import json
 import os
+import sys
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import accumulate, chain, compress, count, repeat
 from operator import not_
 from pathlib import Path
 
 from lm.errors import TokenizerError
+from lm.tokenizer import compiled as compiled_path
 from lm.tokenizer.byte_unicode import bytes_to_printable
 from lm.tokenizer.gpt2_files import (
     MERGES_FILE,
@@ -105,6 +113,10 @@ class Tokenizer:
     ``merges`` lists merged byte-string pairs in rank order (each part and the
     result must be in ``vocab``). Special tokens absent from ``vocab`` get new
     ids after the largest one; overlapping special tokens are matched longest first.
+
+    ``compiled``: encode with the C extension when it is built (None, the
+    default), always (True: TokenizerError when it is not built) or never
+    (False: the pure-Python reference path).
     """
 
     CACHE_MAX_ENTRIES = 1 << 18
@@ -115,7 +127,7 @@ class Tokenizer:
     encoding process."""
 
     def __init__(self, vocab: Mapping[int, bytes], merges: Iterable[tuple[bytes, bytes]],
-                 special_tokens: Iterable[str] | None = None):
+                 special_tokens: Iterable[str] | None = None, *, compiled: bool | None = None):
         self._vocab: dict[int, bytes] = {}
         for idx, tok in vocab.items():
             if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0 or not isinstance(tok, bytes):
@@ -163,25 +175,34 @@ class Tokenizer:
                 self._rounds_exact = False
             made_at[im] = rank
         self._batch = None  # numpy BPE for many new pre-tokens at once, built on first use
-        if self._rounds_exact and len(self._merges) >= _EAGER_BATCH_MERGES:
-            # a fixed cost of the merges list (~20 ms for GPT-2's), paid once here, not by the first text
-            self._batch_bpe()
         self._splitter = special_splitter(self._special_tokens)
         self._cache = _PieceCache(self._bpe, self.CACHE_MAX_ENTRIES)
         self._field_cache: dict[str, list[int]] = {}  # values are never mutated
         self._fingerprint: str | None = None
+        self._compiled = None
+        if compiled or (compiled is None and compiled_path.AVAILABLE):
+            if not compiled_path.AVAILABLE:
+                raise TokenizerError(
+                    "compiled=True, but lm's C extension (lm.tokenizer._encode_c) is not built: reinstall with a C "
+                    "compiler present (`pip install -e .`), or pass compiled=None to fall back to pure Python"
+                )
+            self._compiled = compiled_path.make_encoder(self._byte_ids, self._merge_pairs, self._merge_result,
+                                                        self._bpe, self.CACHE_MAX_ENTRIES)
+        elif self._rounds_exact and len(self._merges) >= _EAGER_BATCH_MERGES:
+            # a fixed cost of the merges list (~20 ms for GPT-2's), paid once here, not by the first text
+            self._batch_bpe()
 
     # ----- construction from and to files
 
     @classmethod
     def from_files(cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike,
-                   special_tokens: Iterable[str] | None = None) -> Tokenizer:
+                   special_tokens: Iterable[str] | None = None, *, compiled: bool | None = None) -> Tokenizer:
         """A tokenizer from GPT-2-format vocab.json and merges.txt files (CS336 ``from_files``)."""
         specials = normalize_special_tokens(special_tokens)
         vocab = read_vocab(vocab_filepath, specials)
         merges, lines = read_merges_with_lines(merges_filepath)
         try:
-            return cls(vocab, merges, specials)
+            return cls(vocab, merges, specials, compiled=compiled)
         except _MergeNotInVocab as e:
             raise TokenizerError(
                 f"merges file {merges_filepath}, line {lines[e.rank]}: token {bytes_to_printable(e.token)!r} is not "
@@ -189,7 +210,7 @@ class Tokenizer:
             ) from None
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
+    def from_dir(cls, directory: str | os.PathLike, *, compiled: bool | None = None) -> Tokenizer:
         """A tokenizer saved by :meth:`save` (vocab.json, merges.txt, special_tokens.json)."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -199,7 +220,7 @@ class Tokenizer:
             )
         specials_path = directory / SPECIAL_TOKENS_FILE
         specials = read_special_tokens(specials_path) if specials_path.exists() else []
-        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, specials)
+        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, specials, compiled=compiled)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write vocab.json, merges.txt and special_tokens.json into ``directory``; returns it."""
@@ -250,9 +271,14 @@ class Tokenizer:
             self._fingerprint = hashlib.sha256(b"\n".join(lines)).hexdigest()
         return self._fingerprint
 
+    @property
+    def is_compiled(self) -> bool:
+        """Whether ordinary text is encoded by the C extension (see ``compiled``)."""
+        return self._compiled is not None
+
     def __reduce__(self):
         # Pickle what defines the tokenizer, not its caches (worker processes, DataLoaders).
-        return (type(self), (self._vocab, self._merges, self._special_tokens))
+        return (_rebuild, (type(self), self._vocab, self._merges, self._special_tokens, self.is_compiled))
 
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self._merges)}, "
@@ -379,7 +405,15 @@ class Tokenizer:
         cache.update(zip(fields, map(flat.__getitem__, map(slice, id_starts, id_starts[1:] + [len(flat)]))))
 
     def _encode_ordinary(self, text: str) -> list[int]:
-        """Ids of a text without special tokens.
+        """Ids of a text without special tokens (the C extension's when built, else :meth:`_encode_python`)."""
+        if self._compiled is not None:
+            ids = self._compiled.encode(text)
+            if ids is not None:
+                return ids  # None: a lone surrogate, which the Python path reports
+        return self._encode_python(text)
+
+    def _encode_python(self, text: str) -> list[int]:
+        """Ids of a text without special tokens, in pure Python (the reference path).
 
         The text is cut at safe cuts (C speed, see :func:`cut_fields`) and each
         field's ids are cached, so a word seen before, with its leading
@@ -468,6 +502,28 @@ class Tokenizer:
             if collecting:
                 gc.enable()
 
+    def encode_to_bytes(self, text: str, itemsize: int) -> bytes:
+        """``encode(text)`` as little-endian unsigned ints of ``itemsize`` bytes (2 or 4): a token file's contents."""
+        fast = self._compiled
+        if fast is not None:
+            if self._splitter is None:
+                parts = [(False, text)]
+            else:
+                parts = [(bool(i & 1), p) for i, p in enumerate(self._splitter.split(text)) if p]
+            out = []
+            for is_special, piece in parts:
+                data = (self._special_ids[piece].to_bytes(itemsize, "little") if is_special
+                        else fast.encode_bytes(piece, itemsize))
+                if data is None:  # a lone surrogate: the Python path reports it
+                    break
+                out.append(data)
+            else:
+                return b"".join(out)
+        ids = array({2: "H", 4: "I"}[itemsize], self.encode(text))
+        if sys.byteorder != "little":
+            ids.byteswap()
+        return ids.tobytes()
+
     def encode_chunks(self, iterable: Iterable[str]) -> Iterator[list[int]]:
         """Encode a stream of text pieces, yielding lists of ids; same ids as ``encode("".join(iterable))``.
 
@@ -533,6 +589,10 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; byte sequences that are not valid UTF-8 become U+FFFD, never an exception."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _rebuild(cls, vocab, merges, special_tokens, compiled):
+    return cls(vocab, merges, special_tokens, compiled=None if compiled else False)
 
 
 def get_tokenizer(vocab: Mapping[int, bytes], merges: Iterable[tuple[bytes, bytes]],
