@@ -2,16 +2,18 @@
 
 Ways to generate the same number of tokens from the same random-weight model:
 
-  (a)   naive        nanoGPT-style: a full forward over the whole growing sequence per token (the baseline)
-  (b)   eager        lm.generate.Decoder: prompt read once into the KV cache, then one token per step
-  (c)   graph        the same decoder with its one-token step captured in a CUDA graph (CUDA only)
-  (c'') graph-torch  (c) with the torch version of the fused step instead of its Triton kernels
-  (b'), (c')         eager-model, graph-model: (b), (c) with TransformerLM.forward as the step
+  (a)   naive          nanoGPT-style: a full forward over the whole growing sequence per token (the baseline)
+  (b)   eager          lm.decode.Engine: prompt read once into the KV cache, then one token per step
+  (c)   graph          the same engine with its one-token step captured in a CUDA graph (CUDA only)
+  (c'') graph-torch    (c) with the torch step (lm.decode.torch_step) instead of the Triton kernels
+  (d)   compiled       the torch step + sampler under torch.compile(mode="reduce-overhead"), no own graphs
+  (d')  compiled-graph the torch step + sampler under torch.compile (default mode) inside the engine's graphs
 
-(b) and (c) use the decoder's fused one-token step: Triton kernels on CUDA
-(lm.decode_kernels.TritonStep, with the sampler) where Triton is installed,
-else its torch version (lm.fused_step.FusedStep). The -model modes show what
-the kernel count of a plain forward costs.
+(b) and (c) use the engine's step at batch 1: Triton kernels on CUDA
+(lm.decode.triton_step.TritonStep, with its sampler) where Triton is installed,
+else the torch step. (d) and (d') answer whether a compiled plain step matches
+the hand-written kernels. --batch N decodes N requests at once in one engine
+(continuous batching; the torch step) and reports aggregate and per-request tokens/s.
 
 "cold" is the first reply after the weights are on the device: it includes the
 decoder's buffers, any warm-up and the CUDA graph capture. "warm" is the median
@@ -45,8 +47,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MODES = {"naive": "(a) naive loop, no cache", "eager": "(b) KV cache, eager",
-         "graph": "(c) KV cache + CUDA graph", "graph-torch": "(c'') CUDA graph, torch fused step",
-         "eager-model": "(b') eager, model.forward step", "graph-model": "(c') CUDA graph, model.forward step"}
+         "graph": "(c) KV cache + CUDA graph", "graph-torch": "(c'') CUDA graph, torch step",
+         "compiled": "(d) torch.compile reduce-overhead", "compiled-graph": "(d') torch.compile in own graph"}
 # Peak memory bandwidth by GPU name, for the time-to-read-the-weights floor.
 BANDWIDTH = {"H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12,
              "RTX 4090": 1.0e12, "L40S": 0.864e12}
@@ -65,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=200, help="nanoGPT's sample.py default")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--warm-runs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1, help="requests decoded at once (continuous batching)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--in-process", action="store_true", help="run every mode in this process (cold times flattered)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -114,17 +117,32 @@ def naive_reply(model, prompt, n, args, generator):
     return idx[0, prompt.shape[1]:].tolist()  # the host needs the ids: this syncs
 
 
-def measure(mode: str, args) -> dict:
-    """Build the model, then time one cold and ``warm_runs`` warm replies of ``mode``."""
+def make_engine(mode: str, model, args):
+    """The engine a mode times (compiled modes wrap its step function)."""
     import torch
 
-    from lm.generate import Decoded, Decoder, Notice, SamplingParams
-    from lm.inference import resolve_device, resolve_dtype
+    from lm.decode import Engine
+
+    graphs = mode.startswith("graph") or mode == "compiled-graph"
+    kernels = "auto" if mode in ("eager", "graph") and args.batch == 1 else "torch"
+    engine = Engine(model, max_batch=args.batch, cuda_graphs=graphs, kernels=kernels)
+    if mode.startswith("compiled"):
+        engine.min_window = model.cfg.context_length  # one window: one compiled graph per sampling mode
+        engine._step = torch.compile(engine._step, mode="reduce-overhead" if mode == "compiled" else "default",
+                                     dynamic=False)
+    return engine
+
+
+def measure(mode: str, args) -> dict:
+    """Build the model, then time one cold and ``warm_runs`` warm replies of ``mode`` (``batch`` at once)."""
+    import torch
+
+    from lm.decode import Decoded, Notice, Request, SamplingParams, resolve_device, resolve_dtype
     from lm.model import TransformerLM
 
     dev = resolve_device(args.device)
     dt = resolve_dtype(args.dtype, dev)
-    if mode.startswith("graph") and dev.type != "cuda":
+    if (mode.startswith("graph") or mode.startswith("compiled")) and dev.type != "cuda":
         return {"mode": mode, "skipped": "CUDA graphs need a CUDA device"}
     cfg = model_config(args)
     torch.manual_seed(0)
@@ -134,28 +152,31 @@ def measure(mode: str, args) -> dict:
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_new_tokens=args.new_tokens, seed=0, stop_at_eos=False)
     sync(dev)
-    decoder, notices = None, []
+    engine, notices, firsts = None, [], []
 
     def reply() -> list[int]:
-        nonlocal decoder
+        nonlocal engine
         if mode == "naive":
             with torch.inference_mode():
                 gen = torch.Generator(device=dev).manual_seed(0)
                 return naive_reply(model, prompt.to(dev), args.new_tokens, args, gen)
-        if decoder is None:
-            decoder = Decoder(model, cuda_graphs=mode.startswith("graph"), fused=not mode.endswith("-model"),
-                              kernels="torch" if mode.endswith("-torch") else "auto")
-            if not mode.endswith("-model") and decoder.fused_problem:
-                notices.append(f"fused step not used: {decoder.fused_problem}")
-            notices.append(f"step: {decoder.step_kind}" + (f" (Triton: {decoder.triton_problem})"
-                                                            if decoder.step_kind == "torch" else ""))
-        out = []
-        for ev in decoder.tokens(prompt[0].tolist(), params):
-            if isinstance(ev, Decoded):
-                out.append(ev.token_id)
-            elif isinstance(ev, Notice):
-                notices.append(ev.message)
-        return out
+        if engine is None:
+            engine = make_engine(mode, model, args)
+            notices.append(f"step: {engine.step_kind}" + (f" (Triton: {engine.triton_problem})"
+                                                           if engine.step_kind == "torch" else ""))
+        t0 = time.perf_counter()
+        requests = [Request(prompt[0].tolist(), params) for _ in range(args.batch)]
+        for r in requests:
+            engine.submit(r)
+        first = None
+        while not all(r.done for r in requests):
+            engine.run_round()
+            if first is None and requests[0].produced:
+                first = time.perf_counter() - t0
+        firsts.append(first)
+        for r in requests:
+            notices.extend(e.message for e in r.events if isinstance(e, Notice))
+        return [e.token_id for e in requests[0].events if isinstance(e, Decoded)]
 
     times = []
     for _ in range(1 + args.warm_runs):
@@ -165,8 +186,9 @@ def measure(mode: str, args) -> dict:
         times.append(time.perf_counter() - t0)
         assert len(tokens) == args.new_tokens
     return {"mode": mode, "cold_s": times[0], "warm_s": statistics.median(times[1:]) if args.warm_runs else None,
+            "first_token_s": firsts[:1] + [statistics.median(firsts[1:])] if len(firsts) > 1 else firsts,
             "tokens": tokens, "notices": notices, "device": describe_device(dev, dt),
-            "params": model.num_params(),
+            "params": model.num_params(), "batch": args.batch if mode != "naive" else 1,
             "bytes_per_token": bytes_read_per_token(model, args.prompt_tokens - 1, args.new_tokens)}
 
 
@@ -215,33 +237,33 @@ def report(results: list[dict], args) -> None:
     if first:
         print(f"decode benchmark: preset {args.preset} ({first['params'] / 1e6:.1f}M params, vocab {cfg.vocab_size}, "
               f"context {cfg.context_length}) on {first['device']}")
-    print(f"batch 1, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, temperature "
+    print(f"batch {args.batch}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, temperature "
           f"{args.temperature}, top_k {args.top_k}, top_p {args.top_p}; warm = median of {args.warm_runs}; "
           f"{'one process' if args.in_process else 'a fresh process per mode'}\n")
     base = next((r for r in results if r["mode"] == "naive" and "cold_s" in r), None)
     print(f"{'mode':36} {'cold tok/s':>11} {'warm tok/s':>11} {'warm ms/tok':>12} {'x naive warm':>13} "
-          f"{'x naive cold':>13}")
+          f"{'x naive cold':>13} {'1st tok cold/warm ms':>21}")
     n = args.new_tokens
     for r in results:
         label = f"{MODES[r['mode']]:36}"
         if "cold_s" not in r:
             print(f"{label} {r.get('skipped') or 'error: ' + r.get('error', '?')}")
             continue
-        cold, warm = n / r["cold_s"], (n / r["warm_s"] if r["warm_s"] else float("nan"))
+        k = r.get("batch", 1)  # aggregate over the batch's requests
+        cold, warm = k * n / r["cold_s"], (k * n / r["warm_s"] if r["warm_s"] else float("nan"))
         rw = f"{warm / (n / base['warm_s']):.1f}x" if base and base["warm_s"] else "-"
         rc = f"{cold / (n / base['cold_s']):.1f}x" if base else "-"
-        print(f"{label} {_rate(cold):>11} {_rate(warm):>11} {1000 / warm:12.3f} {rw:>13} {rc:>13}")
+        ft = "/".join(f"{t * 1000:.0f}" for t in r.get("first_token_s", []) if t is not None) or "-"
+        print(f"{label} {_rate(cold):>11} {_rate(warm):>11} {1000 / warm:12.3f} {rw:>13} {rc:>13} {ft:>21}")
         for msg in sorted(set(r.get("notices", []))):
             count = r["notices"].count(msg)
             print(f"    note{f' ({count}x)' if count > 1 else ''}: {msg}")
     by_mode = {r["mode"]: r for r in results if "tokens" in r}
     print()
-    for a, b in (("eager", "graph"), ("eager-model", "graph-model"), ("eager", "eager-model")):
+    for a, b in (("eager", "graph"), ("graph-torch", "compiled"), ("graph-torch", "compiled-graph")):
         if a in by_mode and b in by_mode:
             same = sum(x == y for x, y in zip(by_mode[a]["tokens"], by_mode[b]["tokens"]))
-            print(f"same seed, {a} vs {b}: {same}/{n} tokens equal"
-                  + (" (bf16 rounding differs between the two step implementations)" if a == "eager" and
-                     b == "eager-model" and same < n else ""))
+            print(f"same seed, {a} vs {b}: {same}/{n} tokens equal")
     if first:
         b = first["bytes_per_token"]
         total = b["weights"] + b["kv_cache"]
@@ -258,13 +280,12 @@ def report(results: list[dict], args) -> None:
 
 
 def check(args) -> int:
-    """Greedy decoding through the whole pipeline (graph, fused step, overflow) against full forwards."""
+    """Greedy decoding through the whole pipeline (graph, each step, overflow) against full forwards."""
     import dataclasses
 
     import torch
 
-    from lm.generate import OVERFLOW_KEEP, Decoded, Decoder, SamplingParams
-    from lm.inference import resolve_device
+    from lm.decode import OVERFLOW_KEEP, Decoded, Engine, Request, SamplingParams, resolve_device
     from lm.model import ModelConfig, TransformerLM
 
     dev = resolve_device(args.device)
@@ -277,11 +298,10 @@ def check(args) -> int:
         cfg = dataclasses.replace(base, **change)
         torch.manual_seed(0)
         model = TransformerLM(cfg, device=dev).eval()
-        for graphs, fused, kernels in ((True, True, "auto"), (True, True, "torch"), (True, False, "auto"),
-                                       (False, True, "auto"), (False, True, "torch")):
+        for graphs, kernels in ((True, "auto"), (True, "torch"), (False, "auto"), (False, "torch")):
             if kernels == "torch" and (dev.type != "cuda" or name == "post-norm"):
                 continue  # the same step as "auto" there
-            dec = Decoder(model, cuda_graphs=graphs, fused=fused, chunk=1, kernels=kernels)
+            dec = Engine(model, cuda_graphs=graphs, chunk=1, kernels=kernels)
             dec.depth = 1  # read each step's logits before the next step runs
             dec.min_window = 8  # attention windows 8, 16, 32 and 48 (the context) all get used
             n = 2 * cfg.context_length  # overflows once or twice on the way
@@ -289,15 +309,15 @@ def check(args) -> int:
             worst, not_argmax, hist = 0.0, 0, list(prompt)
             keep = int(cfg.context_length * OVERFLOW_KEEP)
             with torch.no_grad():
-                for ev in dec.tokens(prompt, SamplingParams(temperature=0, max_new_tokens=n)):
+                for ev in dec.generate(Request(prompt, SamplingParams(temperature=0, max_new_tokens=n))):
                     if not isinstance(ev, Decoded):
                         if ev.kind != "overflow":
                             print(f"     note: {ev.message}")
                         continue
-                    if len(hist) > cfg.context_length:  # the decoder's overflow rule, replayed
+                    if len(hist) > cfg.context_length:  # the engine's overflow rule, replayed
                         hist = hist[-keep:]
                     ref = model(torch.tensor(hist, device=dev))[-1].float()
-                    worst = max(worst, (dec.logits - ref).abs().max().item())
+                    worst = max(worst, (dec.logits[0] - ref).abs().max().item())
                     not_argmax += bool(ref[ev.token_id] < ref.max() - 1e-3)  # near-ties may go either way
                     hist.append(ev.token_id)
             captured = bool(dec._graphs)
@@ -308,8 +328,7 @@ def check(args) -> int:
                      else "n/a" if graphs else "off")
             print(f"{'ok  ' if ok else 'FAIL'} {name:16} graph={graph:8} step={dec.step_kind:6} "
                   f"max |logit diff| {worst:.2e}, {n - not_argmax}/{n} greedy tokens are the argmax"
-                  f"{f', windows {windows}' if windows else ''}"
-                  f"{'; ' + dec.fused_problem if fused and dec.fused_problem else ''}")
+                  f"{f', windows {windows}' if windows else ''}")
             if dec.step_kind == "torch" and kernels == "auto" and dev.type == "cuda":
                 print(f"     (Triton step not used: {dec.triton_problem})")
     print("all checks passed" if not failures else f"{failures} check(s) FAILED")
@@ -323,8 +342,8 @@ def profile_step(args) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from lm.generate import Decoder, SamplingParams
-    from lm.inference import resolve_device, resolve_dtype
+    from lm.decode import Request, SamplingParams, resolve_device, resolve_dtype
+    from lm.decode.engine import POSITION
     from lm.model import TransformerLM
 
     dev = resolve_device(args.device)
@@ -335,22 +354,22 @@ def profile_step(args) -> int:
     torch.manual_seed(0)
     with torch.no_grad():
         model = TransformerLM(cfg, device=dev, dtype=resolve_dtype(args.dtype, dev)).eval()
-    dec = Decoder(model)
+    dec = make_engine(args.modes.split(",")[0] if args.modes in ("graph", "graph-torch") else "graph", model, args)
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_new_tokens=args.new_tokens, seed=0, stop_at_eos=False)
-    list(dec.tokens(list(range(1, args.prompt_tokens + 1)), params))  # captures this reply's graphs
+    requests = [dec.submit(Request(list(range(1, args.prompt_tokens + 1)), params)) for _ in range(args.batch)]
+    while not all(r.done for r in requests):  # captures this reply's graphs
+        dec.run_round()
     steps = 50
-    print(f"{dec.step_kind} step, ", end="")
+    print(f"{dec.step_kind} step, batch {args.batch}, ", end="")
     print(f"graph step of {args.preset} on {describe_device(dev, next(model.parameters()).dtype)}, sampling "
           f"T={args.temperature} top_k={args.top_k} top_p={args.top_p}; {steps} replays per window\n")
     for (mode, window), graph in sorted(dec._graphs.items(), key=lambda kv: kv[0][1] or 0):
-        dec.position.fill_(max(0, (window or cfg.context_length) - steps - 2))
+        dec.state[POSITION] = max(0, (window or cfg.context_length) - steps - 2)
         graph.replay()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
-                if not mode[0] and (mode[2] or dec._sampler is None):  # as Decoder._launch: the torch sampler's noise
-                    dec.noise.exponential_(generator=dec.generator)
                 graph.replay()
             torch.cuda.synchronize()
         kernels = collections.defaultdict(lambda: [0, 0.0])
@@ -364,7 +383,7 @@ def profile_step(args) -> int:
         count = sum(k[0] for k in kernels.values()) / steps
         busy = sum(k[1] for k in kernels.values()) / steps
         span = (last - first) / steps if first is not None else 0.0
-        print(f"window {window or 'none (reads up to the position)'}: {count:.0f} kernels per token, "
+        print(f"{mode}, window {window or 'none (reads up to the position)'}: {count:.0f} kernels per token, "
               f"GPU busy {busy:.0f} us, {span:.0f} us per token first kernel to last")
     print("\ncostliest kernels (last window), us per token, count per token, us each:")
     for name, (n, total) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:25]:

@@ -22,12 +22,23 @@ from lm.errors import CheckpointError
 
 # ----------------------------------------------------------------------------- layers
 
+def _init_unless_meta(layer: nn.Module) -> None:
+    """A layer built on a real device starts initialised; on meta there is nothing to draw (a loader
+    assigns the weights, or ``to_empty`` + ``init_weights()`` fills them)."""
+    if layer.weight.device.type != "meta":
+        layer.init_weights()
+
+
 class Linear(nn.Module):
     """y = x W^T without bias; W is (d_out, d_in), truncated-normal init."""
 
     def __init__(self, d_in: int, d_out: int, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d_out, d_in, device=device, dtype=dtype))
+        _init_unless_meta(self)
+
+    def init_weights(self) -> None:
+        d_out, d_in = self.weight.shape
         std = math.sqrt(2.0 / (d_in + d_out))
         nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
@@ -41,6 +52,9 @@ class Embedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        _init_unless_meta(self)
+
+    def init_weights(self) -> None:
         nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -55,7 +69,11 @@ class RMSNorm(nn.Module):
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty(d_model, device=device, dtype=dtype))
+        _init_unless_meta(self)
+
+    def init_weights(self) -> None:
+        nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype
@@ -95,11 +113,20 @@ class RotaryPositionalEmbedding(nn.Module):
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
         super().__init__()
-        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
-        angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq  # (T, d_k/2)
+        self.theta, self.d_k, self.max_seq_len = theta, d_k, max_seq_len
         # Not persistent: derived from the config, and CS336 state dicts do not carry them.
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cos", torch.empty(max_seq_len, d_k // 2, device=device), persistent=False)
+        self.register_buffer("sin", torch.empty(max_seq_len, d_k // 2, device=device), persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self, device=None) -> None:
+        """(Re)compute the cos/sin tables on ``device`` (default: where they are; on meta, nothing to compute)."""
+        device = device or self.cos.device
+        d_k = self.d_k
+        inv_freq = self.theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
+        angles = torch.arange(self.max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq  # (T, d_k/2)
+        self.cos = angles.cos().float()  # registered buffers: assignment replaces them
+        self.sin = angles.sin().float()
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
         cos = self.cos[token_positions].to(x.dtype)  # (..., T, d_k/2)
@@ -228,7 +255,16 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """Token embedding, ``num_layers`` blocks, final RMSNorm and the LM head."""
+    """Token embedding, ``num_layers`` blocks, final RMSNorm and the LM head.
+
+    :meth:`init_weights` draws the initial values (each layer's own
+    ``init_weights``, which its constructor calls unless built on the meta
+    device, in the same order). To load
+    a checkpoint without paying for an initialisation it overwrites, build on
+    ``device="meta"``, ``load_state_dict(state, assign=True)`` and
+    :meth:`init_buffers` (lm.decode.load does this); a benchmark that only needs
+    shapes builds on meta and calls ``to_empty(device=...)``.
+    """
 
     def __init__(self, cfg: ModelConfig, device=None, dtype=None):
         super().__init__()
@@ -239,8 +275,31 @@ class TransformerLM(nn.Module):
         if cfg.norm != "none":
             self.ln_final = RMSNorm(cfg.d_model, cfg.rmsnorm_eps, device, dtype)
         self.lm_head = Linear(cfg.d_model, cfg.vocab_size, device, dtype)
-        if cfg.tie_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the embedding table with the LM head (tie_embeddings); again after an assign-load."""
+        if self.cfg.tie_embeddings:
             self.lm_head.weight = self.token_embeddings.weight
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Initial values: truncated normal weights (std sqrt(2 / (fan_in + fan_out)), the
+        embedding N(0, 1) cut at +-3), RMSNorm gains 1, and the RoPE tables."""
+        for module in self.modules():
+            if module is self or not hasattr(module, "init_weights"):
+                continue
+            if module is self.lm_head and self.cfg.tie_embeddings:
+                continue  # the shared table keeps the embedding's init
+            module.init_weights()
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """Recompute the non-persistent buffers (RoPE tables) where the weights are."""
+        device = self.lm_head.weight.device
+        for module in self.modules():
+            if isinstance(module, RotaryPositionalEmbedding):
+                module.init_buffers(device)
 
     def forward(self, token_ids: torch.Tensor, token_positions: torch.Tensor | None = None,
                 kv_caches: list[KVCache] | None = None) -> torch.Tensor:

@@ -119,6 +119,6 @@ def test_chat_stop_command_and_end_of_input(run_dir, monkeypatch, capsys):
 
 def test_commands_import_no_torch():
     code = ("import sys; import lab.commands.chat, lab.commands.sample; "
-            "print(sorted(m for m in ('torch', 'numpy', 'lm.generate', 'lm.inference') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'numpy', 'lm.decode') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -123,8 +123,8 @@ def test_the_queue_resume_command_never_runs_a_payload(trained, tmp_path):
 
 @pytest.mark.parametrize("which", ["best", "latest", "step_000020"])
 def test_loaders_never_run_a_payload_in_process(trained, tmp_path, which):
-    """The loaders every command uses (sample/chat's open_run, run --resume's trainer), without subprocesses."""
-    from lm.inference import open_run
+    """The loaders every command uses (sample/chat's lm.decode.load, run --resume's trainer), without subprocesses."""
+    from lm.decode import load as open_run
     from lm.train import run_experiment
 
     run = _copy(trained, tmp_path)

@@ -109,7 +109,7 @@ def test_config_maps_every_field(tmp_path, tokenizer):
 
 
 def test_greedy_generate_in_transformers_equals_lab_greedy(tmp_path, tokenizer):
-    from lm.generate import Generator, SamplingParams
+    from lm.decode import Generator, SamplingParams
 
     model, run = _run(tmp_path, TINY, tokenizer, seed=3)
     export_run(run, "hf", tmp_path / "hf")
@@ -193,7 +193,7 @@ def _hf_fast(tokenizer):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_import_of_export_is_bitwise_the_same_model(shape, tmp_path, tokenizer):
-    from lm.inference import open_run
+    from lm.decode import load as open_run
 
     cfg = SHAPES[shape]
     model, run = _run(tmp_path, cfg, tokenizer, seed=5)
@@ -245,7 +245,7 @@ def test_import_errors_name_the_problem(tmp_path, tokenizer):
 # ----------------------------------------------------------------------------- safetensors folder
 
 def test_safetensors_export_loads_wherever_a_run_does(tmp_path, tokenizer, capsys):
-    from lm.inference import open_run
+    from lm.decode import load as open_run
 
     model, run = _run(tmp_path, ODD, tokenizer)
     out = tmp_path / "shared"

@@ -1,4 +1,4 @@
-"""The KV-cache decoder and sampling: logits against a full forward pass for every
+"""The decode engine at batch 1 and sampling: logits against a full forward pass for every
 ablation switch, context overflow against a slow reference loop, the top-p / top-k
 / temperature rules on hand-built distributions, seeds and parameter validation."""
 
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import reference_lm
 from lm.errors import LabError
-from lm.generate import (OVERFLOW_KEEP, Decoded, Decoder, Notice, SamplingParams, nucleus_mask, sample,
-                         sampling_probs)
+from lm.decode import (OVERFLOW_KEEP, Decoded, Engine, Notice, Request, SamplingParams, nucleus_mask, sample,
+                       sampling_probs)
 from lm.model import ModelConfig
 from test_generate_support import random_model
 
@@ -30,6 +30,8 @@ ABLATIONS = {
     "tied": {"tie_embeddings": True},
     "naive-attention": {"attention": "naive"},
     "naive-nope-post-tied": {"attention": "naive", "position": "nope", "norm": "post", "tie_embeddings": True},
+    "no-residual": {"residual": False},
+    "no-residual-post": {"residual": False, "norm": "post"},
 }
 TOL = dict(rtol=1e-4, atol=1e-5)
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0)
@@ -40,15 +42,24 @@ def _full_logits(model, ids) -> torch.Tensor:
         return model(torch.tensor(ids))
 
 
+def _decode(engine, ids, params):
+    """(events, request) of one request decoded alone."""
+    request = Request(ids, params)
+    return list(engine.generate(request)), request
+
+
+def _ids(events):
+    return [e.token_id for e in events if isinstance(e, Decoded)]
+
+
 @pytest.mark.parametrize("name", ABLATIONS)
 def test_prefill_and_single_tokens_match_full_forward(name):
     cfg = dataclasses.replace(BASE, **ABLATIONS[name])
     model = random_model(cfg)
     seq = torch.randint(0, cfg.vocab_size, (cfg.context_length,), generator=torch.Generator().manual_seed(1))
     full = _full_logits(model, seq.tolist())
-    dec = Decoder(model)
+    dec = Engine(model)
     for split in (1, 5, 9, 16):
-        dec.reset()
         got = dec.forward_tokens(seq[:split].tolist(), 0)  # a padded prefill
         torch.testing.assert_close(got, full[:split], **TOL)
         p = split
@@ -59,22 +70,22 @@ def test_prefill_and_single_tokens_match_full_forward(name):
             p += n
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-step", "model-forward-step"])
 @pytest.mark.parametrize("name", ABLATIONS)
-def test_decode_step_logits_match_full_forward_at_every_step(name, fused):
+def test_decode_step_logits_match_full_forward_at_every_step(name):
     cfg = dataclasses.replace(BASE, **ABLATIONS[name])
     model = random_model(cfg, seed=2)
-    dec = Decoder(model, fused=fused)
-    assert (dec.fused_problem is None) == fused
+    dec = Engine(model)
+    assert dec.step_kind == "torch" and dec.chunk == 1 and dec.depth == 1  # a step, then its token
     prompt = [3, 1, 4, 1, 5]
     n = cfg.context_length - len(prompt)
     steps = []
-    for ev in dec.tokens(prompt, dataclasses.replace(GREEDY, max_new_tokens=n)):
+    request = Request(prompt, dataclasses.replace(GREEDY, max_new_tokens=n))
+    for ev in dec.generate(request):
         assert isinstance(ev, Decoded)
-        steps.append((ev, dec.logits.clone()))  # the logits of the step that produced ev
+        steps.append((ev, dec.logits[0].clone()))  # the logits of the step that produced ev
     assert len(steps) == n
     # Causal: one forward over the final text gives, at each position, what that step saw.
-    full = _full_logits(model, dec.history[:-1])
+    full = _full_logits(model, request.history[:-1])
     for i, (ev, logits) in enumerate(steps):
         ref = full[len(prompt) - 1 + i]
         torch.testing.assert_close(logits, ref, **TOL)
@@ -104,8 +115,8 @@ def test_overflow_matches_reference_loop(name):
     prompt = [7, 8, 9, 10, 11]
     n = 3 * cfg.context_length
     want, want_overflows = _reference_greedy_with_overflow(model, prompt, n, cfg.context_length)
-    events = list(Decoder(model).tokens(prompt, dataclasses.replace(GREEDY, max_new_tokens=n)))
-    assert [e.token_id for e in events if isinstance(e, Decoded)] == want
+    events, _ = _decode(Engine(model), prompt, dataclasses.replace(GREEDY, max_new_tokens=n))
+    assert _ids(events) == want
     notices = [e for e in events if isinstance(e, Notice)]
     assert len(notices) == want_overflows >= 3
     assert all(e.kind == "overflow" and "context full" in e.message for e in notices)
@@ -115,34 +126,38 @@ def test_prompt_longer_than_context_keeps_its_tail():
     model = random_model(BASE, seed=4)
     prompt = list(range(30))  # ctx 16
     want, _ = _reference_greedy_with_overflow(model, prompt, 4, BASE.context_length)
-    events = list(Decoder(model).tokens(prompt, dataclasses.replace(GREEDY, max_new_tokens=4)))
+    events, _ = _decode(Engine(model), prompt, dataclasses.replace(GREEDY, max_new_tokens=4))
     assert isinstance(events[0], Notice)
-    assert [e.token_id for e in events if isinstance(e, Decoded)] == want
+    assert _ids(events) == want
 
 
 def test_continue_history_reads_only_new_tokens_and_matches_one_pass():
     model = random_model(BASE, seed=5)
-    dec = Decoder(model)
-    first = [e.token_id for e in dec.tokens([1, 2, 3], dataclasses.replace(GREEDY, max_new_tokens=4))]
-    assert dec.cached == len(dec.history) - 1 == 6
-    second = [e.token_id for e in dec.tokens([9, 9], dataclasses.replace(GREEDY, max_new_tokens=3),
-                                             continue_history=True)]
-    one_pass = [1, 2, 3] + first + [9, 9]
+    dec = Engine(model)
+    events, first = _decode(dec, [1, 2, 3], dataclasses.replace(GREEDY, max_new_tokens=4))
+    assert dec.slots[0].cached == first.history[:-1] and len(first.history) == 7
+    read = []
+    real = dec.forward_tokens
+    dec.forward_tokens = lambda ids, start, slot=0: read.append((list(ids), start)) or real(ids, start, slot)
+    one_pass = first.history + [9, 9]
+    events, second = _decode(dec, one_pass, dataclasses.replace(GREEDY, max_new_tokens=3))
+    assert read == [([first.history[-1], 9], 6)]  # only what the cache lacked
     want, _ = _reference_greedy_with_overflow(model, one_pass, 3, BASE.context_length)
-    assert second == want
-    assert dec.history == one_pass + second
+    assert _ids(events) == want
+    assert second.history == one_pass + want
 
 
-def test_stopping_early_leaves_a_consistent_history():
+def test_stopping_early_frees_the_slot_and_keeps_a_usable_cache():
     model = random_model(BASE, seed=6)
-    dec = Decoder(model)
-    it = dec.tokens([1, 2], dataclasses.replace(GREEDY, max_new_tokens=10))
+    dec = Engine(model)
+    request = Request([1, 2], dataclasses.replace(GREEDY, max_new_tokens=10))
+    it = dec.generate(request)
     got = [next(it).token_id for _ in range(3)]
     it.close()
-    assert dec.history == [1, 2] + got and dec.cached == 4
-    more = [e.token_id for e in dec.tokens([], dataclasses.replace(GREEDY, max_new_tokens=2), continue_history=True)]
+    assert request.cancelled and dec.active == 0 and dec.slots[0].cached == [1, 2] + got[:2]
+    events, _ = _decode(dec, [1, 2] + got, dataclasses.replace(GREEDY, max_new_tokens=2))
     want, _ = _reference_greedy_with_overflow(model, [1, 2] + got, 2, BASE.context_length)
-    assert more == want
+    assert _ids(events) == want
 
 
 def test_same_seed_same_tokens_and_another_seed_differs():
@@ -150,18 +165,19 @@ def test_same_seed_same_tokens_and_another_seed_differs():
     params = SamplingParams(temperature=1.5, top_p=0.9, top_k=20, max_new_tokens=30, seed=123)
 
     def run(p):
-        return [e.token_id for e in Decoder(model).tokens([1, 2, 3], p) if isinstance(e, Decoded)]
+        return _ids(_decode(Engine(model), [1, 2, 3], p)[0])
 
     assert run(params) == run(params)
     assert run(params) != run(dataclasses.replace(params, seed=124))
 
 
 def test_bad_prompt_ids_and_empty_prompt_are_lab_errors():
-    dec = Decoder(random_model(BASE))
+    dec = Engine(random_model(BASE))
     with pytest.raises(LabError, match="outside the model's vocabulary"):
-        list(dec.tokens([1, 37], GREEDY))
+        _decode(dec, [1, 37], GREEDY)
     with pytest.raises(LabError, match="empty"):
-        list(dec.tokens([], GREEDY))
+        _decode(dec, [], GREEDY)
+    assert dec.active == 0
 
 
 # ----------------------------------------------------------------------------- sampling rules
@@ -275,4 +291,4 @@ def test_invalid_sampling_parameters_are_lab_errors(change, words):
         params.validate()
     assert words in str(e.value)
     with pytest.raises(LabError):
-        list(Decoder(random_model(BASE)).tokens([1], params))
+        Request([1], params)

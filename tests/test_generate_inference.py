@@ -1,4 +1,4 @@
-"""load_run: a run directory written the way the trainer writes it, back into a
+"""lm.decode.load: a run directory written the way the trainer writes it, back into a
 model, a tokenizer and the experiment dict; and every way it can be missing or wrong."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 
 from lm.checkpoint import atomic_torch_save
 from lm.errors import CheckpointError, LabError
-from lm.generate import Generator, SamplingParams
-from lm.inference import load_model, load_run, open_run, resolve_device, resolve_dtype
+from lm.decode import Generator, SamplingParams, load, load_model, resolve_device, resolve_dtype
+from lm.model import TransformerLM
 from test_generate_support import PATTERN_TEXT, pattern_model, write_run
 
 
@@ -23,7 +23,8 @@ def _same_weights(a, b) -> bool:
 def test_round_trip_gives_the_same_model_tokenizer_and_config(tmp_path):
     src = pattern_model()
     run = write_run(tmp_path, src)
-    model, tok, cfg = load_run(run, device="cpu")
+    loaded = load(run, device="cpu")
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     assert not model.training and model.cfg == src.cfg
     assert next(model.parameters()).dtype == torch.float32  # auto on CPU
     assert _same_weights(model, src)
@@ -33,15 +34,16 @@ def test_round_trip_gives_the_same_model_tokenizer_and_config(tmp_path):
     assert "ab" + text == PATTERN_TEXT
 
 
-def test_open_run_names_the_file_and_step(tmp_path):
+def test_load_names_the_file_and_step(tmp_path):
     run = write_run(tmp_path, iteration=77)
-    loaded = open_run(run, "latest", device="cpu")
+    loaded = load(run, "latest", device="cpu")
     assert loaded.checkpoint_path == run / "checkpoints" / "latest.pt" and loaded.iteration == 77
 
 
 def test_bf16_on_cpu_loads_and_generates(tmp_path):
     run = write_run(tmp_path)
-    model, tok, _ = load_run(run, device="cpu", dtype="bf16")
+    loaded = load(run, device="cpu", dtype="bf16")
+    model, tok = loaded.model, loaded.tokenizer
     assert next(model.parameters()).dtype == torch.bfloat16
     r = Generator(model, tok).generate("ab", SamplingParams(temperature=0, max_new_tokens=12))
     assert r.text == PATTERN_TEXT[2:]
@@ -53,24 +55,24 @@ def test_checkpoint_by_path_and_a_compiled_models_names(tmp_path):
     obj = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
     obj["model"] = {f"_orig_mod.{k}": v for k, v in obj["model"].items()}
     atomic_torch_save(obj, tmp_path / "elsewhere.pt")
-    model, _, _ = load_run(run, checkpoint=tmp_path / "elsewhere.pt", device="cpu")
+    model = load(run, checkpoint=tmp_path / "elsewhere.pt", device="cpu").model
     assert _same_weights(model, src)
 
 
 def test_missing_best_lists_what_exists(tmp_path):
     run = write_run(tmp_path, best=False)
     with pytest.raises(CheckpointError, match="latest.pt"):
-        load_run(run, "best", device="cpu")
-    model, _, _ = load_run(run, "latest", device="cpu")
+        load(run, "best", device="cpu")
+    model = load(run, "latest", device="cpu").model
     assert model is not None
 
 
 def test_missing_run_dir_and_tokenizer_are_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_run(tmp_path / "nope")
+        load(tmp_path / "nope")
     run = write_run(tmp_path, with_tokenizer=False)
     with pytest.raises(CheckpointError, match=r"tokenizer.*does not exist.*checkpoints"):
-        load_run(run, device="cpu")
+        load(run, device="cpu")
 
 
 @pytest.mark.parametrize("mangle, words", [
@@ -88,7 +90,7 @@ def test_broken_checkpoints_are_checkpoint_errors(tmp_path, mangle, words):
     path = run / "checkpoints" / "best.pt"
     atomic_torch_save(mangle(torch.load(path, weights_only=False)), path)
     with pytest.raises(CheckpointError, match=words):
-        load_run(run, device="cpu")
+        load(run, device="cpu")
 
 
 def test_truncated_checkpoint_is_a_checkpoint_error(tmp_path):
@@ -102,10 +104,9 @@ def test_truncated_checkpoint_is_a_checkpoint_error(tmp_path):
 def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
     src = pattern_model()
     small = dataclasses.replace(src.cfg, vocab_size=200)
-    from lm.model import TransformerLM
     run = write_run(tmp_path, TransformerLM(small))
     with pytest.raises(CheckpointError, match="do not belong together"):
-        load_run(run, device="cpu")
+        load(run, device="cpu")
 
 
 def test_device_and_dtype_names():
@@ -119,3 +120,38 @@ def test_device_and_dtype_names():
     if not torch.cuda.is_available():
         with pytest.raises(LabError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_loading_builds_on_meta_without_initialising_and_ties_the_head(tmp_path, monkeypatch):
+    src = pattern_model()
+    tied = TransformerLM(dataclasses.replace(src.cfg, tie_embeddings=True))
+    run = write_run(tmp_path, tied)
+
+    def refuse(self):
+        raise AssertionError("init_weights ran while loading a checkpoint")
+    monkeypatch.setattr(TransformerLM, "init_weights", refuse)
+    model = load(run, device="cpu").model
+    assert model.lm_head.weight is model.token_embeddings.weight
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    rope = model.layers[0].attn.rope
+    assert rope.cos.device.type == "cpu"
+    torch.testing.assert_close(rope.cos, tied.layers[0].attn.rope.cos)
+    assert _same_weights(model, tied)
+    with torch.no_grad():
+        x = torch.tensor([1, 2, 3])
+        torch.testing.assert_close(model(x), tied(x))
+
+
+def test_init_weights_is_what_the_constructor_does_and_meta_builds_skip_it():
+    cfg = pattern_model().cfg
+    torch.manual_seed(3)
+    a = TransformerLM(cfg)
+    b = TransformerLM(cfg, device="meta").to_empty(device="cpu")
+    torch.manual_seed(3)
+    b.init_weights()
+    assert _same_weights(a, b)
+    torch.testing.assert_close(a.layers[0].attn.rope.sin, b.layers[0].attn.rope.sin)
+    assert all(torch.equal(n.weight, torch.ones_like(n.weight)) for n in (a.ln_final, a.layers[0].ln1))
+    w = a.layers[0].attn.qkv_proj.weight
+    std = (2 / sum(w.shape)) ** 0.5
+    assert w.abs().max() <= 3 * std and abs(w.std().item() - std) < 0.2 * std

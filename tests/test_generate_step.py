@@ -1,7 +1,7 @@
 """The decode step's building blocks: the RoPE rotation matrices, the joint K/V caches,
-attention windows, the W1|W3 copy kept in sync, the sampler's shortcut against the
-full distribution, kernel selection, and the Triton kernels (in Triton's CPU
-interpreter, where Triton is installed) against the torch step."""
+attention windows, the W1|W3 copy kept in sync, the engine's sampler against the
+full distribution, its hashed noise, kernel selection, and the Triton kernels (in
+Triton's CPU interpreter, where Triton is installed) against the torch step."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from lm.errors import LabError
-from lm.fused_step import FusedStep, joint_kv_caches, rotation_basis
-from lm.generate import Decoded, Decoder, SamplingParams, attention_window
+from lm.decode import Decoded, Engine, Request, SamplingParams, attention_window
+from lm.decode.sampling import race, race_noise, sample_rows, sampling_probs, token_keys, top_k_threshold
+from lm.decode.torch_step import TorchStep, joint_kv_caches, rotation_basis
 from lm.model import ModelConfig, RotaryPositionalEmbedding
-from lm.sampling import pick_token, race, sampling_probs, top_k_threshold
 from test_generate_support import random_model
 
 BASE = ModelConfig(vocab_size=37, context_length=16, d_model=16, num_layers=2, num_heads=4, d_ff=24,
@@ -62,63 +62,126 @@ def test_attention_window_is_a_power_of_two_above_the_position_at_most_the_conte
 def test_small_attention_windows_give_the_full_forward_logits(name, change):
     cfg = dataclasses.replace(BASE, **change)
     model = random_model(cfg, seed=8)
-    dec = Decoder(model)
+    dec = Engine(model)
     dec.min_window = 2  # windows 2, 4, 8, 16 within one reply
-    steps = [dec.logits.clone() for ev in dec.tokens([3, 1, 4], dataclasses.replace(GREEDY, max_new_tokens=12))
-             if isinstance(ev, Decoded)]
+    request = Request([3, 1, 4], dataclasses.replace(GREEDY, max_new_tokens=12))
+    steps = [dec.logits[0].clone() for ev in dec.generate(request) if isinstance(ev, Decoded)]
     with torch.no_grad():
-        full = model(torch.tensor(dec.history[:-1]))
+        full = model(torch.tensor(request.history[:-1]))
     for i, logits in enumerate(steps):
         torch.testing.assert_close(logits, full[2 + i], rtol=1e-4, atol=1e-5)
 
 
-def test_fused_step_sees_weights_changed_in_place():
+def test_torch_step_sees_weights_changed_in_place():
     model = random_model(BASE, seed=9)
-    step = FusedStep(model, joint_kv_caches(model))
-    token, pos = torch.tensor([[5]]), torch.tensor([0])
+    step = TorchStep(model, joint_kv_caches(model))
+    token, pos = torch.tensor([5]), torch.tensor([0])
     with torch.no_grad():
         for layer in model.layers:
             layer.ffn.w3.weight.mul_(-2.0)  # an optimizer step or load_state_dict does this
         step.refresh()
-        got = step(token, pos)
+        got = step(token, pos)[0]
         want = model(torch.tensor([5]))[-1]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_pick_token_is_the_race_over_the_cut_distribution_on_the_same_noise():
+def test_torch_step_rows_are_independent_slots_at_their_own_positions():
+    model = random_model(BASE, seed=10)
+    seqs = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13]]
+    caches = joint_kv_caches(model, batch=3)
+    step = TorchStep(model, caches)
+    got = [[] for _ in seqs]
+    with torch.no_grad():
+        for t in range(6):  # row i steps through its own sequence; shorter ones repeat their last token
+            pos = torch.tensor([min(t, len(q) - 1) for q in seqs])
+            tok = torch.tensor([q[p] for q, p in zip(seqs, pos.tolist())])
+            logits = step(tok, pos)
+            for i, q in enumerate(seqs):
+                if t < len(q):
+                    got[i].append(logits[i])
+        for i, q in enumerate(seqs):
+            torch.testing.assert_close(torch.stack(got[i]), model(torch.tensor(q)), rtol=1e-4, atol=1e-5)
+
+
+def _rows(logits, temperature, top_k, top_p):
+    B = logits.shape[0]
+    return (torch.tensor([0.0 if t == 0 else 1 / t for t in temperature]).expand(B) if len(temperature) == 1
+            else torch.tensor([0.0 if t == 0 else 1 / t for t in temperature]),
+            torch.tensor(top_k).expand(B).clone(), torch.tensor(top_p).expand(B).clone())
+
+
+def test_sample_rows_is_the_race_over_the_cut_distribution_on_the_same_noise():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(200, 40, generator=g).mul(3).round()  # coarse values: many ties at the k-th
     noise = torch.empty_like(logits).exponential_(generator=g)
-    for temperature, k in ((1.0, 0), (0.7, 5), (1.6, 12)):
-        got = pick_token(logits, noise, -1.0 / temperature, k)
-        want = race(sampling_probs(logits, temperature, k), noise)
-        assert torch.equal(got, want)
+    for temperature, k, p in ((1.0, 0, 1.0), (0.7, 5, 1.0), (1.6, 12, 1.0), (1.0, 0, 0.8), (0.9, 7, 0.6)):
+        inv_t, top_k, top_p = _rows(logits, [temperature], [k], [p])
+        got, prob = sample_rows(logits, noise.log(), inv_t, top_k, top_p, greedy=False, max_top_k=k,
+                                nucleus=p < 1)
+        want = race(sampling_probs(logits, temperature, k, p), noise)
+        assert torch.equal(got, want.view(-1))
+        torch.testing.assert_close(prob, torch.softmax(logits, -1).gather(1, got.view(-1, 1)).view(-1))
         if k:  # ties with the k-th largest are in: the winner is never below the threshold
-            assert (logits.gather(-1, got) >= top_k_threshold(logits, k)).all()
+            assert (logits.gather(-1, got.view(-1, 1)) >= top_k_threshold(logits, k)).all()
 
 
-def test_pick_token_takes_the_temperature_as_a_device_tensor_too():
-    logits = torch.randn(50, 30, generator=torch.Generator().manual_seed(4))
-    noise = torch.empty_like(logits).exponential_(generator=torch.Generator().manual_seed(5))
-    assert torch.equal(pick_token(logits, noise, -1.25, 7), pick_token(logits, noise, torch.tensor(-1.25), 7))
+def test_sample_rows_gives_each_row_its_own_parameters():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(4, 50, generator=g) * 2
+    noise = torch.empty_like(logits).exponential_(generator=g)
+    temperature, ks, ps = [0.0, 0.8, 1.3, 1.0], [0, 5, 0, 3], [1.0, 1.0, 0.7, 0.5]
+    inv_t = torch.tensor([0.0, 1 / 0.8, 1 / 1.3, 1.0])
+    got, _ = sample_rows(logits, noise.log(), inv_t, torch.tensor(ks), torch.tensor(ps), greedy=False, max_top_k=5,
+                         nucleus=True)
+    assert int(got[0]) == int(logits[0].argmax())
+    for i in range(1, 4):
+        want = race(sampling_probs(logits[i:i + 1], temperature[i], ks[i], ps[i]), noise[i:i + 1])
+        assert int(got[i]) == int(want)
+
+
+def test_race_noise_is_exponential_and_a_function_of_seed_and_draw_only():
+    keys = token_keys(1000)
+    seeds, draws = torch.tensor([5, 5, 6, 2**61 + 5]), torch.tensor([0, 1, 0, 0])
+    ln_e = race_noise(seeds, draws, keys)
+    e = ln_e.exp()
+    # Exp(1): mean 1, P(E > 1) = 1/e; rows differ by seed and by draw (also in the high seed bits)
+    assert abs(e.mean().item() - 1) < 0.05 and abs((e > 1).float().mean().item() - 0.3679) < 0.03
+    assert len({tuple(r.tolist()) for r in ln_e}) == 4
+    alone = race_noise(torch.tensor([6]), torch.tensor([0]), keys)
+    assert torch.equal(alone[0], ln_e[2])  # the same row whatever else is in the batch
+    seed_row = race_noise(torch.full((2000,), 9), torch.arange(2000), token_keys(5))
+    first = torch.bincount(seed_row.argmin(-1), minlength=5).float() / 2000  # argmax of 1/E: uniform
+    torch.testing.assert_close(first, torch.full((5,), 0.2), atol=0.04, rtol=0)
+
+
+def test_sampling_with_the_engines_noise_follows_the_cut_distribution():
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])).repeat(20000, 1)
+    n = logits.shape[0]
+    noise = race_noise(torch.full((n,), 77), torch.arange(n), token_keys(5))
+    ids, _ = sample_rows(logits, noise, torch.ones(n), torch.zeros(n, dtype=torch.long), torch.full((n,), 0.8),
+                         greedy=False, max_top_k=0, nucleus=True)
+    freq = torch.bincount(ids, minlength=5).float() / n
+    want = torch.tensor([0.4, 0.3, 0.15, 0.0, 0.0]) / 0.85
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
 
 
 def test_kernel_choice_is_checked_and_cpu_uses_the_torch_step():
     model = random_model(BASE)
-    dec = Decoder(model)
+    dec = Engine(model)
     assert dec.step_kind == "torch" and dec.triton_problem is not None
-    assert Decoder(model, fused=False).step_kind == "model"
     with pytest.raises(LabError, match="kernels must be one of"):
-        Decoder(model, kernels="cuda")
+        Engine(model, kernels="cuda")
     with pytest.raises(LabError, match="Triton decode step cannot run this model"):
-        Decoder(model, kernels="triton")
+        Engine(model, kernels="triton")
+    with pytest.raises(LabError, match="max_batch"):
+        Engine(model, max_batch=0)
 
 
 INTERPRETER_CHECK = r"""
 import dataclasses, sys
 import torch
-from lm.decode_kernels import TritonSampler, TritonStep
-from lm.fused_step import FusedStep, joint_kv_caches
+from lm.decode.triton_step import TritonSampler, TritonStep
+from lm.decode.torch_step import TorchStep, joint_kv_caches
 from lm.model import ModelConfig, TransformerLM
 base = ModelConfig(vocab_size=40, context_length=80, d_model=32, num_layers=1, num_heads=2, d_ff=48)
 worst = 0.0
@@ -127,13 +190,13 @@ for change in ({}, {"position": "nope", "ffn": "silu", "d_ff": None}, {"norm": "
     torch.manual_seed(0)
     model = TransformerLM(cfg).eval()
     c_ref, c_new = joint_kv_caches(model), joint_kv_caches(model)
-    ref, new = FusedStep(model, c_ref), TritonStep(model, c_new)
+    ref, new = TorchStep(model, c_ref), TritonStep(model, c_new)
     with torch.no_grad():
         for p in (0, 1, 2, 63, 64, 65, 79):  # attention blocks of 64 slots: one, then two
-            tok, pos = torch.tensor([[p % 40]]), torch.tensor([p])
+            tok, pos = torch.tensor([p % 40]), torch.tensor([p])
             out = torch.zeros(cfg.vocab_size)
-            want = ref(tok, pos)
-            worst = max(worst, (new(tok, pos, None, out) - want).abs().max().item(), (out - want).abs().max().item())
+            want = ref(tok, pos)[0]
+            worst = max(worst, (new(tok, pos, None, out)[0] - want).abs().max().item(), (out - want).abs().max().item())
     worst = max(worst, max(max((a.k - b.k).abs().max().item(), (a.v - b.v).abs().max().item())
                            for a, b in zip(c_ref, c_new)))
 sampler = TritonSampler(40, "cpu")
@@ -141,7 +204,7 @@ logits = torch.randn(40) * 2
 for greedy, k in ((True, 0), (False, 0), (False, 5)):
     sampler.start(11)
     pos, toks, probs = torch.tensor([3]), torch.zeros(8, dtype=torch.long), torch.zeros(8)
-    token_in = torch.zeros(1, 1, dtype=torch.long)
+    token_in = torch.zeros(1, dtype=torch.long)
     sampler(logits, logits, torch.tensor(-1.0), k, pos, toks, probs, token_in, greedy)
     t = int(toks[3])
     assert int(pos) == 4 and int(token_in) == t and int(sampler.draws) == 1

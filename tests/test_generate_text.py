@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lm.errors import LabError
-from lm.generate import Generator, SamplingParams, TextStream
+from lm.decode import Generator, SamplingParams, TextStream
 from test_generate_support import (EOS_ID, PATTERN_CFG, PATTERN_IDS, PATTERN_TEXT, byte_tokenizer, pattern_model,
                                    random_model)
 
@@ -132,14 +132,14 @@ def test_max_new_tokens_and_result_statistics(gen):
 def test_conversation_continues_until_reset(gen):
     gen.reset()
     first = gen.generate("ab", GREEDY, continue_history=True)
-    assert first.text == "c€de ü!" and gen.decoder.history == PATTERN_IDS
+    assert first.text == "c€de ü!" and gen.history == PATTERN_IDS
     second = gen.generate("abc€", GREEDY, continue_history=True)  # after EOS, a new document
     assert second.text == "de ü!" and second.prompt_tokens == 6
     # 26 tokens outgrow the context of 24: the oldest were dropped on the way.
     assert second.messages and "context full" in second.messages[0]
-    assert gen.decoder.history[-len(PATTERN_IDS):] == PATTERN_IDS and gen.decoder.history[-1] == EOS_ID
+    assert gen.history[-len(PATTERN_IDS):] == PATTERN_IDS and gen.history[-1] == EOS_ID
     gen.reset()
-    assert gen.decoder.history == []
+    assert gen.history == []
 
 
 def test_empty_prompt_starts_a_new_document(gen):

@@ -44,7 +44,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def sampling_params(args):
     """SamplingParams from the parsed options (LabError on invalid values)."""
-    from lm.generate import SamplingParams
+    from lm.decode import SamplingParams
 
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                           max_new_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop)).validate()
@@ -52,12 +52,11 @@ def sampling_params(args):
 
 def load_generator(args, log=None):
     """Load the run named on the command line; returns (Generator, LoadedRun) and says what was loaded."""
-    from lm.generate import Generator
-    from lm.inference import open_run
+    from lm.decode import Generator, load
 
     log = log or sys.stderr
     t0 = time.perf_counter()
-    loaded = open_run(args.run_dir, args.checkpoint, args.device, args.dtype)
+    loaded = load(args.run_dir, args.checkpoint, args.device, args.dtype)
     gen = Generator(loaded.model, loaded.tokenizer, cuda_graphs=False if args.no_cuda_graphs else None)
     p = next(loaded.model.parameters())
     step = f"step {loaded.iteration}, " if loaded.iteration is not None else ""

@@ -40,7 +40,7 @@ def export_run(run: str | os.PathLike, fmt: str, out: str | os.PathLike, *, chec
                dtype: str = "fp32", force: bool = False) -> ExportResult:
     """Export checkpoint ``checkpoint`` of run directory ``run`` to ``out`` in format ``fmt``."""
     from lm.export.files import prepare_out_dir
-    from lm.inference import open_run
+    from lm.decode import load
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -55,7 +55,7 @@ def export_run(run: str | os.PathLike, fmt: str, out: str | os.PathLike, *, chec
                               "with onnxruntime); leave out --dtype, or use --format hf/safetensors for bf16")
     out = Path(out)
     # Loaded in fp32 on the CPU whatever the run trained in: the file gets the asked dtype.
-    loaded = open_run(run, checkpoint, device="cpu", dtype="fp32")
+    loaded = load(run, checkpoint, device="cpu", dtype="fp32")
     model, tokenizer = loaded.model, loaded.tokenizer
     source_name = f"{run} ({loaded.checkpoint_path.name})"
     if fmt == "hf":

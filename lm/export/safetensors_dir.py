@@ -55,13 +55,12 @@ def is_export_dir(path: str | os.PathLike) -> bool:
 
 
 def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device="auto", dtype="auto"):
-    """The :class:`lm.inference.LoadedRun` of an export folder (eval mode, on ``device`` in ``dtype``).
+    """The :class:`lm.decode.LoadedRun` of an export folder (eval mode, on ``device`` in ``dtype``).
 
     The folder holds one set of weights, so ``checkpoint`` may only be ``best`` or ``latest``.
     """
-    from lm.inference import (LoadedRun, _skip_weight_init, load_tokenizer, model_config_from_dict,
-                              resolve_device, resolve_dtype)
-    from lm.model import TransformerLM, check_state_dict
+    from lm.decode.load import (LoadedRun, load_tokenizer, model_config_from_dict, model_from_state, resolve_device,
+                                resolve_dtype)
 
     path = Path(path)
     if str(checkpoint) not in ("best", "latest"):
@@ -75,10 +74,7 @@ def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     state, _ = read_state_dict(path / WEIGHTS_FILE)
-    with _skip_weight_init():
-        model = TransformerLM(model_cfg, device=dev, dtype=dt)
-    check_state_dict(model, state)
-    model.load_state_dict(state)
+    model = model_from_state(model_cfg, state, dev, dt)
     tokenizer = load_tokenizer(path / TOKENIZER_DIR)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise CheckpointError(f"the tokenizer in {path / TOKENIZER_DIR} has {tokenizer.vocab_size} tokens but the "

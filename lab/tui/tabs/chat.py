@@ -133,7 +133,7 @@ class ChatPane(Vertical):
     # ---- generating ----------------------------------------------------------
 
     def _params(self):
-        from lm.generate import SamplingParams
+        from lm.decode import SamplingParams
 
         def num(id_: str, kind):
             raw = self.query_one(f"#{id_}", Input).value.strip()
@@ -216,10 +216,9 @@ class ChatPane(Vertical):
         """The Generator for (run, checkpoint), loaded once and kept."""
         key = (run, checkpoint)
         if self._loaded_key != key or self._generator is None:
-            from lm.generate import Generator
-            from lm.inference import open_run
+            from lm.decode import Generator, load
 
-            loaded = open_run(run, checkpoint, "auto")
+            loaded = load(run, checkpoint, "auto")
             self._generator = Generator(loaded.model, loaded.tokenizer)
             self._loaded_key = key
         return self._generator

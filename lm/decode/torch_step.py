@@ -1,19 +1,21 @@
-"""The decoder's one-token forward: ``model(token, position, caches)`` in few kernels.
+"""The engine's one-token forward in torch: ``model(tokens, positions, caches)`` for B slots at once.
 
-At batch 1 a decode step reads every weight once (~0.1 ms for a GPT-2-small
+Each of the B rows is one KV-cache slot at its own position (continuous
+batching), so positions are a (B,) tensor and every row attends only to its
+own cache row up to its own position. At batch 1 a decode step reads every weight once (~0.1 ms for a GPT-2-small
 shape on an H100) but runs one kernel per op, and each kernel costs a few
 microseconds even replayed from a CUDA graph: the step's time is mostly its
 kernel count. ``TransformerLM.forward`` spends ~47 ops per layer on one token;
-:class:`FusedStep` computes the same function of the same weights in 12:
+:class:`TorchStep` computes the same function of the same weights in 12:
 
 * RMSNorm: one ``F.rms_norm``;
 * Q, K, V: one matmul; RoPE on Q and K (and identity on V) as one batched
   matmul with a (3, d_head, d_head) block-rotation matrix built once per step
   from the position (one tiny matmul against a constant basis);
-* the new K and V: one ``index_copy_`` into the layer's joint (2, ...) K/V
-  buffer (:func:`joint_kv_caches`);
+* the new K and V: one indexed write into the layer's joint (2, B, ...) K/V
+  buffer (:func:`joint_kv_caches`), each row at its own position;
 * attention: torch's SDPA over the first ``window`` cache slots with an
-  additive mask (slots after the position are -inf);
+  additive (B, 1, 1, window) mask (slots after a row's position are -inf);
 * residual adds folded into the output matmuls (``addmm_`` in place);
 * SwiGLU's W1 and W3 as one matmul on a concatenated copy of the two weights
   (refreshed when the model's weights change in place), then SiLU and a multiply.
@@ -28,33 +30,33 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-FUSED_STEP_KNOWS = {"vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta",
+TORCH_STEP_KNOWS = {"vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta",
                     "norm", "position", "ffn", "tie_embeddings", "attn_dropout", "resid_dropout", "attention",
-                    "rmsnorm_eps"}
+                    "rmsnorm_eps", "residual"}
 
 
-def fused_step_problem(model: torch.nn.Module) -> str | None:
-    """Why :class:`FusedStep` cannot stand in for ``model``'s forward (None if it can)."""
-    from lm import model as M
+def torch_step_problem(model: torch.nn.Module) -> str | None:
+    """Why :class:`TorchStep` cannot stand in for ``model``'s forward (None if it can)."""
+    from lm import model as M  # noqa: N812
 
     if type(model) is not M.TransformerLM:
         return f"{type(model).__name__} is not lm.model.TransformerLM"
-    unknown = {f.name for f in dataclasses.fields(model.cfg)} - FUSED_STEP_KNOWS
+    unknown = {f.name for f in dataclasses.fields(model.cfg)} - TORCH_STEP_KNOWS
     if unknown:
-        return f"model settings {sorted(unknown)} are unknown to the fused step"
+        return f"model settings {sorted(unknown)} are unknown to the torch step"
     for layer in model.layers:
         parts = [(layer, M.TransformerBlock), (layer.attn, M.CausalSelfAttention)]
         parts += [(layer.ffn, M.SwiGLU if model.cfg.ffn == "swiglu" else M.SiLUMLP)]
         parts += [(getattr(layer, n, None), M.RMSNorm) for n in ("ln1", "ln2") if model.cfg.norm != "none"]
         if any(type(m) is not cls for m, cls in parts):
-            return "the model's layers are not the ones the fused step was written for"
+            return "the model's layers are not the ones the torch step was written for"
     return None
 
 
 def joint_kv_caches(model: torch.nn.Module, batch: int = 1) -> list:
     """``model.new_kv_caches(batch)`` with each layer's K and V the two halves of one (2, B, H, T, d) tensor.
 
-    ``model.forward`` sees ordinary caches; the fused step writes a token's K
+    ``model.forward`` sees ordinary caches; the torch step writes a token's K
     and V with one copy instead of two.
     """
     caches = model.new_kv_caches(batch)
@@ -93,8 +95,9 @@ def rotation_basis(d_head: int, dtype, device) -> torch.Tensor:
     return m.flatten(1).to(device=device, dtype=dtype)
 
 
-class FusedStep:
-    """``model(token, position, caches)`` for one token in a dozen kernels per layer (see the module doc).
+class TorchStep:
+    """``model(tokens, positions, caches)`` for one token per slot in a dozen kernels per layer
+    (see the module doc).
 
     Reads the model's weights in place, except SwiGLU's concatenated W1|W3,
     a copy refreshed by :meth:`refresh` whenever the model's W1 or W3 changed.
@@ -108,6 +111,8 @@ class FusedStep:
         dtype, dev = self.head.dtype, self.head.device
         self.final = model.ln_final.weight if cfg.norm != "none" else None
         norms = cfg.norm != "none"
+        self.batch = caches[0].k.shape[0]
+        self.rows = torch.arange(self.batch, device=dev)
         self.layers = []
         self._ffn_sources = []
         for block, cache in zip(model.layers, caches):
@@ -117,9 +122,9 @@ class FusedStep:
                 w13 = torch.cat([ffn.w1.weight.detach(), ffn.w3.weight.detach()])
             else:
                 w13 = ffn.w1.weight
-            self.layers.append((block.ln1.weight if norms else None, block.attn.qkv_proj.weight,
-                                block.attn.output_proj.weight, block.ln2.weight if norms else None,
-                                w13, ffn.w2.weight, cache, _joint_of(cache)))
+            self.layers.append(_Layer(block.ln1.weight if norms else None, block.attn.qkv_proj.weight,
+                                      block.attn.output_proj.weight, block.ln2.weight if norms else None,
+                                      w13, ffn.w2.weight, cache, _joint_of(cache)))
         self._versions = self._source_versions()
         self.k_pos = torch.arange(cfg.context_length, device=dev).view(1, -1)
         self.zero = torch.zeros((), dtype=dtype, device=dev)
@@ -139,55 +144,73 @@ class FusedStep:
         if self._source_versions() == self._versions:
             return
         for (w1, w3), layer in zip(self._ffn_sources, self.layers):
-            w13 = layer[4]
-            w13[:w1.shape[0]].copy_(w1)  # in place: captured CUDA graphs keep reading this buffer
-            w13[w1.shape[0]:].copy_(w3)
+            layer.w13[:w1.shape[0]].copy_(w1)  # in place: captured CUDA graphs keep reading this buffer
+            layer.w13[w1.shape[0]:].copy_(w3)
         self._versions = self._source_versions()
 
     def _norm(self, x, w):
         return F.rms_norm(x, (x.shape[-1],), w, self.cfg.rmsnorm_eps)
 
-    def __call__(self, token_in: torch.Tensor, position: torch.Tensor, window: int | None = None,
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, window: int | None = None,
                  logits_out: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (V,) in the model's dtype for the token ``token_in`` (1, 1) at ``position`` (1,).
+        """Logits (B, V) in the model's dtype for ``tokens`` (B,) at ``positions`` (B,), one per slot.
 
-        Writes the token's K/V into the caches, and the logits into
-        ``logits_out`` (fp32) if given. Attention reads only the first
-        ``window`` slots (default: all); the position must be below it.
+        Writes each token's K/V into its row of the caches, and the logits into
+        ``logits_out`` (fp32) if given. Attention reads only the first ``window``
+        slots (default: all); every position must be below it.
         """
         c = self.cfg
-        H, dh, d = c.num_heads, c.d_head, c.d_model
+        B, H, dh, d = self.batch, c.num_heads, c.d_head, c.d_model
         pre, post = c.norm == "pre", c.norm == "post"
         window = window or c.context_length
-        x = self.emb.index_select(0, token_in.view(1))  # (1, d)
-        mask = torch.where(self.k_pos[:, :window] <= position, self.zero, self.ninf)  # (1, window) additive
-        if c.position == "rope":  # [R(position), R(position), I]: rotates q and k, leaves v
-            rotation = torch.mm(self.rope_rows.index_select(0, position), self.rope_basis).view(3, dh, dh)
-        for ln1, wqkv, wo, ln2, w13, w2, cache, joint in self.layers:
-            qkv = F.linear(self._norm(x, ln1) if pre else x, wqkv).view(3, H, dh)  # q | k | v, heads major
+        x = self.emb.index_select(0, tokens)  # (B, d)
+        mask = torch.where(self.k_pos[:, :window] <= positions.view(B, 1), self.zero, self.ninf)  # (B, window)
+        mask = mask.view(B, 1, 1, window)  # (B, window) -> (B, heads, query, window), broadcast
+        if c.position == "rope":  # [R(position), R(position), I] per row: rotates q and k, leaves v
+            rotation = torch.mm(self.rope_rows.index_select(0, positions), self.rope_basis)
+            rotation = rotation.view(B, 3, 1, dh, dh)  # (B, 3 d^2) -> (B, q|k|v, heads, d, d), heads broadcast
+        for layer in self.layers:
+            qkv = F.linear(self._norm(x, layer.ln1) if pre else x, layer.wqkv)
+            qkv = qkv.view(B, 3, H, 1, dh)  # (B, 3 d) -> (B, q|k|v, heads, 1, d_head)
             if c.position == "rope":
-                qkv = torch.bmm(qkv, rotation)
-            if joint is not None:
-                joint.index_copy_(3, position, qkv[1:].view(2, 1, H, 1, dh))
+                qkv = torch.matmul(qkv, rotation)
+            kv = qkv[:, 1:, :, 0]  # (B, 2, H, d_head)
+            if layer.joint is not None:
+                layer.joint[:, self.rows, :, positions] = kv  # (2, B, H, C, d)[:, b, :, pos_b] <- (B, 2, H, d)
             else:
-                cache.k.index_copy_(2, position, qkv[1].view(1, H, 1, dh))
-                cache.v.index_copy_(2, position, qkv[2].view(1, H, 1, dh))
-            att = F.scaled_dot_product_attention(qkv[0].view(1, H, 1, dh), cache.k[:, :, :window],
-                                                 cache.v[:, :, :window], attn_mask=mask)
-            x = x.addmm_(att.view(1, d), wo.t())  # x + attention: x is this step's own tensor
+                layer.cache.k[self.rows, :, positions] = kv[:, 0]
+                layer.cache.v[self.rows, :, positions] = kv[:, 1]
+            att = F.scaled_dot_product_attention(qkv[:, 0], layer.cache.k[:, :, :window],
+                                                 layer.cache.v[:, :, :window], attn_mask=mask)
+            att = att.view(B, d)  # (B, H, 1, d_head) -> (B, d)
+            x = x.addmm_(att, layer.wo.t()) if c.residual else torch.mm(att, layer.wo.t())  # x is this step's own
             if post:
-                x = self._norm(x, ln1)
-            g = F.linear(self._norm(x, ln2) if pre else x, w13)
+                x = self._norm(x, layer.ln1)
+            g = F.linear(self._norm(x, layer.ln2) if pre else x, layer.w13)
             if c.ffn == "swiglu":
                 g = F.silu(g[:, :g.shape[1] // 2]).mul_(g[:, g.shape[1] // 2:])
             else:
                 g = F.silu(g)
-            x = x.addmm_(g, w2.t())
+            x = x.addmm_(g, layer.w2.t()) if c.residual else torch.mm(g, layer.w2.t())
             if post:
-                x = self._norm(x, ln2)
+                x = self._norm(x, layer.ln2)
         if self.final is not None:
             x = self._norm(x, self.final)
-        logits = F.linear(x, self.head)[0]
+        logits = F.linear(x, self.head)
         if logits_out is not None:
             logits_out.copy_(logits)
         return logits
+
+
+@dataclasses.dataclass
+class _Layer:
+    """One block's weights as the step reads them, with its cache (and the joint K/V tensor behind it)."""
+
+    ln1: torch.Tensor | None
+    wqkv: torch.Tensor
+    wo: torch.Tensor
+    ln2: torch.Tensor | None
+    w13: torch.Tensor
+    w2: torch.Tensor
+    cache: object
+    joint: torch.Tensor | None

@@ -1,7 +1,7 @@
 """Triton kernels for the batch-1 decode step on CUDA: a layer in six kernels.
 
 Profiled on an H100 (docs/performance.md (Decoding)), the torch version of the step
-(:class:`lm.fused_step.FusedStep`) is bound by kernel count and by cuBLAS's
+(:class:`lm.decode.torch_step.TorchStep`) is bound by kernel count and by cuBLAS's
 matrix-vector kernels, which take ~4-6 us each whatever their size (a
 3.5 MB QKV projection ran at 0.7 TB/s), plus cuDNN attention over a padded
 window. Here each layer is:
@@ -57,6 +57,8 @@ def triton_step_problem(model: torch.nn.Module) -> str | None:
     cfg = model.cfg
     if cfg.norm == "post":
         return "post-norm is not covered by the Triton step"
+    if not getattr(cfg, "residual", True):
+        return "the no-residual ablation is not covered by the Triton step"
     if cfg.d_head % 2:
         return "an odd head size cannot hold RoPE pairs"
     return None
@@ -235,7 +237,7 @@ if triton is not None:
                               BLOCK_TOPK: tl.constexpr):
         """One block of the vocabulary: its race winner and its logits' max and sum of exp(l - max).
 
-        The race (:func:`lm.sampling.pick_token`): the smallest ln E_i - l_i / T over the tokens at or
+        The race (:func:`lm.decode.sampling.sample_rows`): the smallest ln E_i - l_i / T over the tokens at or
         above the k-th largest logit (the smallest of the K ``topk`` values), E_i = -ln U_i ~ Exp(1)
         with U_i from Philox keyed by the reply's seed and the step's draw number, so the noise is
         made inside the kernel (and the CUDA graph). Greedy: the largest logit, first on ties.
@@ -330,7 +332,7 @@ def _pow2(n: int) -> int:
 
 
 class TritonStep:
-    """The decode step of ``model`` in Triton kernels: same call as :class:`lm.fused_step.FusedStep`.
+    """The batch-1 decode step of ``model`` in Triton kernels: same call as :class:`lm.decode.torch_step.TorchStep`.
 
     Reads the model's weights and ``caches`` in place (nothing is copied, so
     weights changed by training or ``load_state_dict`` are seen at once).
@@ -373,8 +375,8 @@ class TritonStep:
 
     def __call__(self, token_in: torch.Tensor, position: torch.Tensor, window: int | None = None,
                  logits_out: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (V,) in the model's dtype for ``token_in`` (1, 1) at ``position`` (1,); also into
-        ``logits_out`` (fp32) if given. Writes the token's K/V into the caches."""
+        """Logits (1, V) in the model's dtype for ``token_in`` (1,) at ``position`` (1,); also into
+        ``logits_out`` (fp32, V entries) if given. Writes the token's K/V into the caches."""
         c, m = self.cfg, self.model
         D, H, dh, eps = c.d_model, c.num_heads, c.d_head, c.rmsnorm_eps
         x = self.x
@@ -412,7 +414,7 @@ class TritonStep:
         _norm_head_kernel[(-(-c.vocab_size // head_n),)](
             x, final, m.lm_head.weight, out, self.raw, eps, c.vocab_size, D=D, HAS_NORM=self.norms,
             BLOCK_N=head_n, BLOCK_K=min(head_k, _pow2(D)))
-        return self.raw
+        return self.raw.view(1, -1)
 
 
 # Vocabulary entries per program of the sampler's first kernel.
@@ -422,12 +424,13 @@ SAMPLE_BLOCK = 1024
 class TritonSampler:
     """Sampling and a step's bookkeeping in two kernels (top-p = 1; the top-k values come from ``torch.topk``).
 
-    Stands in for :func:`lm.sampling.pick_token`, the exponential noise drawn
-    for it, the probability ``softmax(logits)[token]`` and the four writes that
+    Stands in for :func:`lm.decode.sampling.sample_rows` at batch 1 without a
+    nucleus, the noise made for it, the probability ``softmax(logits)[token]`` and the four writes that
     end a step: ~13 small kernels in torch, two of them single-block reductions
     over the vocabulary (~13 us each on an H100). The noise comes from Philox
     inside the kernel, keyed by ``seed`` (set per reply) and ``draws`` (the
-    steps since), so the same seed gives the same tokens.
+    steps since), so the same seed gives the same tokens (Philox, not the
+    torch sampler's hash: the two paths draw different noise for one seed).
     """
 
     def __init__(self, vocab_size: int, device):

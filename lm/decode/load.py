@@ -1,16 +1,18 @@
-"""Loading a trained run for inference: model, tokenizer and config from a run directory.
+"""Loading a trained model for decoding: :func:`load` is the one entry point.
 
 A run directory (docs/run-directory.md) holds ``checkpoints/{best,latest}.pt``
 (dicts ``{"format": "lm-checkpoint/1", "model": CS336 state dict, "config":
-resolved experiment as a dict, ...}``) and ``tokenizer/``. :func:`load_run`
-turns them into an eval-mode model on the chosen device (bf16 on CUDA), the
-tokenizer and the experiment dict. :func:`token_byte_table` and
-:func:`eos_token_id` read what streaming text needs from a tokenizer.
+resolved experiment as a dict, ...}``) and ``tokenizer/``. :func:`load` turns
+them into an eval-mode model on the chosen device (bf16 on CUDA), the tokenizer
+and the experiment dict. The model is built on the meta device and the state
+dict loaded with ``assign=True``: no initialisation that the checkpoint would
+overwrite, no second copy of the weights. Other sources (an export folder)
+plug in at :func:`load`. :func:`token_byte_table` and :func:`eos_token_id`
+read what streaming text needs from a tokenizer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -65,24 +67,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[name]
 
 
-@contextlib.contextmanager
-def _skip_weight_init():
-    """Build modules without drawing random initial weights (the checkpoint overwrites them all).
-
-    Random init of a GPT-2-small-sized model takes seconds on a CPU. Only speed
-    depends on this: load_state_dict is checked to cover every parameter.
-    """
-    names = ("trunc_normal_", "normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_")
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
-
-
 def model_config_from_dict(d: Any, source: str) -> ModelConfig:
     """The ModelConfig of a checkpoint's ``config["model"]``; CheckpointError naming bad keys."""
     if not isinstance(d, dict):
@@ -104,8 +88,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto", dty
 
     ``config`` replaces the checkpoint's own config (for a bare CS336 checkpoint that has none).
     """
-    from lm.model import TransformerLM, check_state_dict
-
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     obj = torch_load(path)
@@ -121,12 +103,24 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "auto", dty
     cfg = model_config_from_dict(exp["model"], str(path))
     # A checkpoint of a torch.compile'd model prefixes every name with _orig_mod.
     state = {k.removeprefix("_orig_mod."): v for k, v in obj.pop("model").items()}
-    with _skip_weight_init():
-        model = TransformerLM(cfg, device=dev, dtype=dt)
-    check_state_dict(model, state)
-    model.load_state_dict(state)
     obj.pop("optimizer", None)
-    return model.eval(), exp, obj
+    return model_from_state(cfg, state, dev, dt), exp, obj
+
+
+def model_from_state(cfg: ModelConfig, state: dict, device: torch.device, dtype: torch.dtype):
+    """An eval-mode TransformerLM holding ``state`` (CS336 names), built on meta and loaded with assign."""
+    from lm.model import TransformerLM, check_state_dict
+
+    model = TransformerLM(cfg, device="meta", dtype=dtype)
+    check_state_dict(model, state)
+    bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor) or not v.is_floating_point())
+    if bad:
+        raise CheckpointError(f"state dict entries {', '.join(bad[:5])} are not floating-point tensors")
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    model.tie_weights()  # assign replaced the shared table by two tensors
+    model.init_buffers()  # RoPE tables: not in the state dict, still on meta
+    return model.eval()
 
 
 def load_tokenizer(path: str | os.PathLike):
@@ -147,7 +141,7 @@ def load_tokenizer(path: str | os.PathLike):
 
 @dataclasses.dataclass
 class LoadedRun:
-    """What :func:`open_run` loads: the model, its tokenizer and where they came from."""
+    """What :func:`load` loads: the model, its tokenizer and where they came from."""
 
     model: Any
     tokenizer: Any
@@ -156,15 +150,21 @@ class LoadedRun:
     iteration: int | None
 
 
-def open_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
-             device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> LoadedRun:
-    """Like :func:`load_run`, also saying which checkpoint file and training step were loaded."""
+def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device: str | torch.device = "auto",
+         dtype: str | torch.dtype = "auto") -> LoadedRun:
+    """The model, tokenizer and config of a run directory (or an export folder), ready for decoding.
+
+    ``checkpoint`` is ``best``, ``latest``, ``step_N`` or a path (absolute, relative to the
+    current directory, or relative to the run directory). The model is in eval
+    mode on ``device`` ('auto': cuda > mps > cpu) in ``dtype`` ('auto': bf16 on
+    CUDA, fp32 elsewhere). Missing files raise CheckpointError listing what exists.
+    """
     from lm.export import safetensors_dir
     from lm.runs import RunDir
 
-    if safetensors_dir.is_export_dir(run_dir):  # `lab export --format safetensors` output works like a run
-        return safetensors_dir.load(run_dir, checkpoint, device, dtype)
-    run = RunDir(run_dir)
+    if safetensors_dir.is_export_dir(path):  # `lab export --format safetensors` output works like a run
+        return safetensors_dir.load(path, checkpoint, device, dtype)
+    run = RunDir(path)
     if not run.path.is_dir():
         raise CheckpointError(f"run directory {run.path} does not exist")
     ckpt_path = run.checkpoint(checkpoint)
@@ -177,19 +177,6 @@ def open_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
                               f"{ckpt_path} only {model.cfg.vocab_size}; they do not belong together")
     iteration = rest.get("iteration")
     return LoadedRun(model, tokenizer, exp, Path(ckpt_path), int(iteration) if iteration is not None else None)
-
-
-def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike = "best",
-             device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
-    """(model, tokenizer, experiment dict) of a run directory, ready for generation.
-
-    ``checkpoint`` is ``best``, ``latest``, ``step_N`` or a path (absolute, relative to the
-    current directory, or relative to the run directory). The model is in eval
-    mode on ``device`` ('auto': cuda > mps > cpu) in ``dtype`` ('auto': bf16 on
-    CUDA, fp32 elsewhere). Missing files raise CheckpointError listing what exists.
-    """
-    loaded = open_run(run_dir, checkpoint, device, dtype)
-    return loaded.model, loaded.tokenizer, loaded.config
 
 
 def token_byte_table(tokenizer, size: int) -> list[bytes]:

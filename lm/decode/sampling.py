@@ -1,19 +1,20 @@
 """Sampling the next token from logits: temperature, top-k, top-p (nucleus), greedy.
 
-Everything here works on device tensors without a host sync, so the decoder
-can run it inside a captured CUDA graph. Randomness comes in as a buffer of
-Exp(1) noise drawn outside the graph with a seeded generator: the token is the
-winner of an exponential race, ``argmax_i p_i / E_i``, which picks token i with
-probability p_i / sum(p) (the Gumbel-max trick in another form; no
-``torch.multinomial``, no RNG state inside the graph).
+The token is the winner of an exponential race, ``argmax_i p_i / E_i`` with
+E_i ~ Exp(1), which picks token i with probability p_i / sum(p) (the
+Gumbel-max trick in another form; no ``torch.multinomial``).
 
-Two ways to run the race, the same function of the same noise:
-
-* :func:`pick_token` (top-p = 1): ``argmin_i ln E_i - l_i / T`` over the tokens
-  at or above the k-th largest logit. No softmax, no sort, no division by the
-  noise: a handful of full-vocabulary kernels plus one ``topk``.
-* :func:`sampling_probs` + :func:`race` (top-p < 1): the nucleus needs the
-  probabilities sorted, so the whole distribution is built first.
+* :func:`sampling_probs`, :func:`nucleus_mask` and :func:`race` build the cut
+  distribution step by step: the slow, obviously correct reference (and
+  :func:`sample` for one-off use).
+* :func:`sample_rows` is what the engine runs: B rows, each with its own
+  temperature, top-k and top-p (device tensors, so one captured CUDA graph
+  serves every request), as ``argmin_i ln E_i - l_i / T`` over the kept tokens.
+* :func:`race_noise` makes the noise from each row's seed and draw number with
+  a counter-based hash in plain integer ops: no generator state, the same
+  numbers on every device and in every batch position, and it runs inside a
+  CUDA graph. A request's text therefore depends on its seed only, never on
+  which slot it got or who shared the batch.
 """
 
 from __future__ import annotations
@@ -125,37 +126,90 @@ def race(probs: torch.Tensor, exponential_noise: torch.Tensor) -> torch.Tensor:
     return torch.argmax(probs / exponential_noise.clamp_min(1e-30), dim=-1, keepdim=True)
 
 
-def pick_token(logits: torch.Tensor, exponential_noise: torch.Tensor, neg_inv_temperature: float | torch.Tensor,
-               top_k: int = 0, rank_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """The exponential race of :func:`race` without building the distribution (top-p = 1 only).
-
-    argmax p_i / E_i = argmin ln E_i - l_i / T: the softmax's normaliser and max
-    cancel, so ``logits`` (..., V) go straight in. Tokens below the k-th largest
-    logit (``top_k`` > 0; ties with it stay) are out of the race.
-    ``neg_inv_temperature`` is -1/T (a 0-dim device tensor in the decoder, so one
-    captured graph serves every temperature). ``rank_logits`` may give the
-    logits in the model's own dtype for the top-k search (bf16 halves its radix
-    passes); they must be the values ``logits`` were converted from. -> (..., 1).
-    """
-    log_noise = exponential_noise.log()
-    if isinstance(neg_inv_temperature, torch.Tensor):
-        score = torch.addcmul(log_noise, logits, neg_inv_temperature)
-    else:
-        score = torch.add(log_noise, logits, alpha=neg_inv_temperature)
-    if 0 < top_k < logits.shape[-1]:
-        ranked = logits if rank_logits is None else rank_logits
-        score = score.masked_fill_(logits < top_k_threshold(ranked, top_k), float("inf"))
-    return score.argmin(-1, keepdim=True)
-
-
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
            ) -> torch.Tensor:
-    """Sample token ids (..., 1) from ``logits`` (..., V) the way the decoder does."""
+    """Sample token ids (..., 1) from ``logits`` (..., V): the cut distribution, then the race."""
     params.validate()
     if params.temperature == 0:
         return logits.argmax(-1, keepdim=True)
     logits = logits.float()
     noise = torch.empty_like(logits).exponential_(generator=generator)
-    if params.top_p >= 1:
-        return pick_token(logits, noise, -1.0 / params.temperature, params.top_k)
     return race(sampling_probs(logits, params.temperature, params.top_k, params.top_p), noise)
+
+
+# ----------------------------------------------------------------------------- the engine's sampler
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for 0 <= x < 2^32 without int64 overflow: c split into 16-bit halves."""
+    hi, lo = c >> 16, c & 0xFFFF
+    return ((((x * hi) & 0xFFFF) << 16) + x * lo) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Wellons' lowbias32): a bijection of 0..2^32-1 with good avalanche."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def token_keys(vocab_size: int, device=None) -> torch.Tensor:
+    """The hashed vocabulary indices (V,) that :func:`race_noise` combines with each row's key."""
+    return _mix32(torch.arange(vocab_size, dtype=torch.int64, device=device) + 0x9E3779B9)
+
+
+def race_noise(seed: torch.Tensor, draws: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """ln E for E ~ Exp(1), (B, V): one row per (seed, draw) pair, ``keys`` from :func:`token_keys`.
+
+    ``seed`` (B,) is any non-negative int64, ``draws`` (B,) the index of the
+    token in the reply. Uniforms have 24 bits: u = (h + 1/2) / 2^24 in (0, 1).
+    """
+    row = _mix32(_mix32(seed & _M32) ^ (seed >> 32))
+    row = _mix32(row ^ _mix32(draws & _M32))
+    h = _mix32(row.view(-1, 1) ^ keys.view(1, -1))  # (B, 1) ^ (1, V) -> (B, V)
+    u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return torch.log(-torch.log(u))
+
+
+def sample_rows(logits: torch.Tensor, log_noise: torch.Tensor, inv_temperature: torch.Tensor,
+                top_k: torch.Tensor, top_p: torch.Tensor, *, greedy: bool, max_top_k: int, nucleus: bool,
+                rank_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens (B,) and their probabilities under the model (temperature 1, no cut), (B,).
+
+    ``logits`` (B, V) fp32; per row ``inv_temperature`` (B,) is 1/T (0 for a
+    greedy row), ``top_k`` (B,) int64 (0 = no limit, at most ``max_top_k``) and
+    ``top_p`` (B,) (1 = no nucleus). ``greedy``, ``max_top_k`` and ``nucleus``
+    say which work any row needs (fixed per captured graph). A row is greedy
+    when its 1/T is 0. ``rank_logits`` may give the logits in the model's dtype
+    for the top-k search (bf16 halves its radix passes).
+    """
+    best = logits.argmax(-1)
+    if greedy:
+        token = best
+    else:
+        scaled = logits * inv_temperature.view(-1, 1)
+        score = log_noise - scaled  # argmin ln E - l / T = argmax p / E
+        keep = None
+        if max_top_k:
+            ranked = logits if rank_logits is None else rank_logits
+            values = ranked.topk(max_top_k, dim=-1, sorted=True).values  # (B, K), descending
+            kth = values.gather(1, (top_k.clamp(1, max_top_k) - 1).view(-1, 1)).to(logits.dtype)
+            kth = torch.where(top_k.view(-1, 1) > 0, kth, float("-inf"))  # ties with the k-th stay in
+            keep = logits >= kth
+        if nucleus:
+            cut = scaled if keep is None else scaled.masked_fill(~keep, float("-inf"))
+            ordered = cut.sort(dim=-1, descending=True).values
+            probs = torch.softmax(ordered, dim=-1)
+            mass_before = F.pad(probs.cumsum(-1)[:, :-1], (1, 0))  # exclusive cumulative sum
+            n_in = (mass_before < top_p.view(-1, 1)).sum(-1, keepdim=True).clamp_min(1)
+            in_nucleus = (cut >= ordered.gather(1, n_in - 1)) | (top_p.view(-1, 1) >= 1)
+            keep = in_nucleus if keep is None else keep & in_nucleus
+        if keep is not None:
+            score = score.masked_fill(~keep, float("inf"))
+        token = torch.where(inv_temperature > 0, score.argmin(-1), best)
+    prob = torch.exp(logits.gather(1, token.view(-1, 1)).view(-1) - torch.logsumexp(logits, -1))
+    return token, prob
