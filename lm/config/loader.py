@@ -339,6 +339,22 @@ def type_text(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+def choice_problems(obj, section: str) -> list[str]:
+    """Every field of the schema dataclass ``obj`` typed as a ``Literal`` whose value is not one of its choices.
+
+    The one place choices are checked: the choices are the Literal's own
+    arguments, so the schema never lists them a second time.
+    """
+    out = []
+    for name, tp in field_types(type(obj)).items():
+        if typing.get_origin(tp) is typing.Literal:
+            value = getattr(obj, name)
+            if not coerce_value(value, tp)[0]:
+                hint = did_you_mean(value, typing.get_args(tp)) if isinstance(value, str) else ""
+                out.append(f"{section}.{name} must be {type_text(tp)}, got {_show(value)}{hint}")
+    return out
+
+
 def _kind(v) -> str:
     if isinstance(v, bool):
         return "a boolean"

@@ -17,6 +17,8 @@ from lm.config.schema import ExperimentConfig
 NAMED_DATASETS = ("builtin", "tinystories", "owt", "tinyshakespeare")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's legacy seeding (the trainer seeds np.random) takes 0..2**32 - 1."""
 
 
 def check_rules(cfg: ExperimentConfig, ck, base_dir: Path | None) -> None:
@@ -84,8 +86,8 @@ def check_rules(cfg: ExperimentConfig, ck, base_dir: Path | None) -> None:
 
     s, tr = cfg.schedule, cfg.training
     need(s.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {s.warmup_steps}", "schedule.warmup_steps")
-    need(s.warmup_steps <= tr.steps, f"schedule.warmup_steps ({s.warmup_steps}) must be at most training.steps "
-         f"({tr.steps})", "schedule.warmup_steps", "training.steps")
+    # warmup_steps > training.steps is not an error: a smoke run (--set training.steps=20) of an
+    # experiment with a long warmup trains with the warmup shortened (fit_warmup), and says so.
     need(s.cosine_steps == 0 or s.cosine_steps >= s.warmup_steps, f"schedule.cosine_steps ({s.cosine_steps}) must be "
          f"0 (= training.steps) or at least schedule.warmup_steps ({s.warmup_steps})",
          "schedule.cosine_steps", "schedule.warmup_steps")
@@ -95,7 +97,8 @@ def check_rules(cfg: ExperimentConfig, ck, base_dir: Path | None) -> None:
 
     for key in ("steps", "batch_size", "grad_accum", "log_every"):
         need(getattr(tr, key) >= 1, f"training.{key} must be at least 1, got {getattr(tr, key)}", f"training.{key}")
-    need(tr.seed >= 0, f"training.seed must be >= 0, got {tr.seed}", "training.seed")
+    need(0 <= tr.seed <= MAX_SEED, f"training.seed must be in 0..{MAX_SEED} (2**32 - 1, what numpy's generators "
+         f"take), got {tr.seed}", "training.seed")
     need(bool(_DEVICE_RE.fullmatch(tr.device)), f"training.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or "
          f"'mps', got {tr.device!r}", "training.device")
     need(tr.max_time >= 0, f"training.max_time must be >= 0 (0 = no limit), got {tr.max_time}", "training.max_time")
@@ -119,3 +122,22 @@ def resolve_path(p: str, base_dir: Path) -> Path:
 def _did_you_mean(value: str, candidates) -> str:
     close = difflib.get_close_matches(value, list(candidates), n=1, cutoff=0.6)
     return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def fit_warmup(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str]:
+    """``cfg`` with a warmup that fits in the run, and a one-line warning when it had to be shortened.
+
+    A warmup longer than training.steps would end the run before the learning
+    rate reached optimizer.lr: it is cut to a tenth of the run (the usual warmup
+    fraction), and the cosine (if set shorter than the run) follows it.
+    """
+    import dataclasses
+
+    s, steps = cfg.schedule, cfg.training.steps
+    if s.warmup_steps <= steps:
+        return cfg, ""
+    warmup = steps // 10
+    cosine = s.cosine_steps if s.cosine_steps == 0 or s.cosine_steps >= warmup else 0
+    fitted = dataclasses.replace(cfg, schedule=dataclasses.replace(s, warmup_steps=warmup, cosine_steps=cosine))
+    return fitted, (f"warning: schedule.warmup_steps ({s.warmup_steps}) is longer than training.steps ({steps}); "
+                    f"the warmup is shortened to {warmup} steps for this run")

@@ -96,12 +96,9 @@ class ModelConfig:
         for name in ("attn_dropout", "resid_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 out.append(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        choices = {"norm": ("pre", "post", "none"), "position": ("rope", "nope"),
-                   "ffn": ("swiglu", "silu"), "attention": ("sdpa", "naive")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                opts = ", ".join(repr(a) for a in allowed)
-                out.append(f"model.{name} must be one of {opts}, got {getattr(self, name)!r}")
+        from lm.config.loader import choice_problems  # the one check of Literal choices (a config from a checkpoint)
+
+        out += choice_problems(self, "model")
         if self.rope_theta <= 0:
             out.append(f"model.rope_theta must be positive, got {self.rope_theta}")
         return out

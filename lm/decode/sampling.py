@@ -62,8 +62,8 @@ class SamplingParams:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             out.append(f"max_new_tokens must be an integer >= 1, got {n!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
-                                      or self.seed < 0):
-            out.append(f"seed must be a non-negative integer or None, got {self.seed!r}")
+                                      or not 0 <= self.seed <= 2**32 - 1):
+            out.append(f"seed must be an integer in 0..{2**32 - 1} or None, got {self.seed!r}")
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
             out.append(f"stop must be a list of non-empty strings, got {self.stop!r}")
         return out

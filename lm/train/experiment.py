@@ -87,6 +87,9 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
 
 def _run(cfg: ExperimentConfig, policy, env, run_dir, checkpoint, progress: Progress | None,
          summary: dict | None) -> int:
+    from lm.config.rules import fit_warmup
+
+    cfg, warmup_note = fit_warmup(cfg)  # a smoke run shorter than the warmup: shortened, and said in the start event
     if env.is_main:
         run_path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
         _refuse_if_in_use(run_path)
@@ -143,6 +146,7 @@ def _run(cfg: ExperimentConfig, policy, env, run_dir, checkpoint, progress: Prog
             trainer = Trainer(cfg, run_path, train_tokens=data.train_tokens, val_tokens=data.val_tokens,
                               val_bytes=data.val_bytes, tokenizer=data.tokenizer, policy=policy,
                               progress=progress, recorder=recorder, stop=stop, dist=env)
+            trainer.warnings += [warmup_note] if warmup_note else []
             try:
                 trainer.setup(resume_from)
             except LabError as e:

@@ -126,6 +126,8 @@ class Trainer:
         self._ready = False
         self._resumed_from: Path | None = None
         self._exact_resume = False
+        self.warnings: list[str] = []
+        """One-line warnings about the config as run (a shortened warmup), put into the start event."""
 
     # ------------------------------------------------------------------ setup
 
@@ -315,8 +317,9 @@ class Trainer:
                               best_val_loss=None, best_val_bpb=None, last_val_loss=None)
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
                       f"{self.policy.device_name} ({self.policy.dtype}{', compiled' if self.policy.compile else ''})"
-                      + self._world_note(), device=str(self.policy.device), dtype=self.policy.dtype,
-                      compile=self.policy.compile, params=self.model.num_params(), **self._world_fields(True))
+                      + self._world_note() + "".join(f"; {w}" for w in self.warnings),
+                      device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
+                      params=self.model.num_params(), warnings=list(self.warnings), **self._world_fields(True))
         if self.par is not None:
             rec.update_status(**self._world_fields())
         if st.step >= total:
