@@ -178,6 +178,23 @@ def test_a_queue_of_four_runs_completes_two_at_a_time_one_gpu_each(tmp_path, fak
     assert store.read().runners == []  # the runner unregistered
 
 
+def test_gpus_per_run_gives_each_run_its_own_disjoint_gpus(tmp_path, fake_env):
+    store = QueueStore(tmp_path / "runs")
+    for i in range(3):
+        store.add(write_exp(tmp_path, f"d{i}", steps=8), [], name=f"d{i}")
+    assert quiet_runner(store, workers=2, gpus=["0", "1", "2", "3"], gpus_per_run=2).run() == 0
+    entries = store.read().entries
+    assert [e.status for e in entries] == ["done"] * 3
+    for e in entries:
+        cfg = json.loads((Path(e.run_dir) / "config.json").read_text())
+        assert cfg["gpus"] == 2 and cfg["cuda_visible_devices"] == e.gpu  # lab run --gpus 2 on its pair
+    assert {e.gpu for e in entries} == {"0,1", "2,3"}
+    from lm.errors import LabError
+
+    with pytest.raises(LabError, match="needs 6 GPUs, but 4"):
+        quiet_runner(store, workers=3, gpus=["0", "1", "2", "3"], gpus_per_run=2)
+
+
 def test_failed_and_diverged_runs_are_recorded_and_the_queue_goes_on(tmp_path, fake_env):
     store = QueueStore(tmp_path / "runs")
     store.add(write_exp(tmp_path, "bad"), ["training.bad=1"])

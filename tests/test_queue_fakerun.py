@@ -70,19 +70,22 @@ def main(argv: list[str]) -> int:
         resumed = True
     else:
         exp, rest = argv[0], argv[1:]
-        overrides, run_dir = [], None
+        overrides, run_dir, gpus = [], None, None
         while rest:
             flag, value, rest = rest[0], rest[1], rest[2:]
             if flag == "--set":
                 overrides.append(value)
             elif flag == "--run-dir":
                 run_dir = Path(value)
+            elif flag == "--gpus":
+                gpus = int(value)
         cfg = _load(exp, overrides)
         if "bad" in cfg.get("training", {}):
             print("config error: unknown key 'training.bad'", file=sys.stderr)
             return 2
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        cfg["gpus"] = gpus
         (run_dir / "config.json").write_text(json.dumps(cfg))
         (run_dir / "config.toml").write_text(tomli_w.dumps({k: v for k, v in cfg.items() if v is not None}))
         step, elapsed, best, resumed = 0, 0.0, None, False

@@ -40,6 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--efficiency", dest="efficiency", action="append", default=[], metavar="NAME=VALUE",
                    help="tune the time model, e.g. --efficiency matmul=0.6 (names: matmul, attention, bandwidth, "
                         "launch_overhead_us, compile_bytes, compile_kernels, flash_backward)")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="also size DDP and FSDP2 on N GPUs: per-GPU memory, gradient communication over NVLink "
+                        "or PCIe, step time and scaling efficiency (the batch is global, split over the GPUs)")
     p.add_argument("--detail", action="store_true", help="also show every op: FLOPs, intensity, bound, time")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     p.add_argument("--list-devices", action="store_true", help="list the known device profiles and exit")
@@ -105,15 +108,56 @@ def run(args) -> int:
                           dtype=args.dtype, grad_accum=args.grad_accum, compile=args.compile,
                           activation_checkpointing=args.checkpointing, efficiency=eff,
                           devices_file=args.devices_file) for name in names]
+    multi = _distributed(exp, names, args, eff) if args.gpus else []
     if args.json:
         import json
 
         label = args.experiment or f"--preset {args.preset or 'tinystories'}"
-        print(json.dumps({"experiment": label, "overrides": list(args.overrides),
-                          "estimates": [e.to_dict() for e in estimates]}, indent=2))
+        out = {"experiment": label, "overrides": list(args.overrides),
+               "estimates": [e.to_dict() for e in estimates]}
+        if multi:
+            out["distributed"] = [d.to_dict() for d in multi]
+        print(json.dumps(out, indent=2))
         return 0
     print_report(exp, estimates, args.experiment or f"--preset {args.preset or 'tinystories'}", detail=args.detail)
+    if multi:
+        print_distributed(multi)
     return 0
+
+
+def _distributed(exp, names, args, eff):
+    from lm.calc.distributed import estimate_distributed
+
+    return [estimate_distributed(exp, name, args.gpus, mode, batch_size=args.batch_size,
+                                 context_length=args.context_length, dtype=args.dtype, grad_accum=args.grad_accum,
+                                 compile=args.compile, activation_checkpointing=args.checkpointing,
+                                 efficiency=eff, devices_file=args.devices_file)
+            for name in names for mode in ("ddp", "fsdp")]
+
+
+def print_distributed(multi) -> None:
+    """One row per (device, mode): per-GPU memory, communication, step time, throughput, scaling."""
+    from rich.console import Console
+    from rich.table import Table
+
+    gib = 2 ** 30
+    n = multi[0].world_size
+    t = Table(title=f"{n} GPUs (global batch split: {multi[0].per_gpu_batch} per GPU)", title_justify="left")
+    for col in ("device", "mode", "GiB/GPU", "link GB/s", "comm", "exposed", "step", "tok/s", "scaling"):
+        t.add_column(col, justify="left" if col in ("device", "mode", "link") else "right")
+    for d in multi:
+        ms = (lambda x: "-" if x is None else f"{x * 1e3:.1f}ms")
+        link = "none" if d.link == "none" else f"{d.link} {d.link_gbs:g} ({d.link_source[:1]})"
+        mem = f"{d.total_bytes / gib:.1f}/{d.capacity_bytes / gib:.0f}"
+        t.add_row(d.device, d.mode.upper(), f"[{'green' if d.fits else 'red'}]{mem}[/]", link, ms(d.comm_s),
+                  ms(d.exposed_comm_s), ms(d.step_s), "-" if d.tokens_per_s is None else f"{d.tokens_per_s:,.0f}",
+                  "-" if d.scaling_efficiency is None else f"{d.scaling_efficiency:.0%}")
+    con = Console()
+    con = Console(width=max(con.width, 104))  # nine numeric columns: narrower wraps every cell
+    con.print(t)
+    con.print("[dim]scaling: throughput on N GPUs / (N x one GPU at the same per-GPU batch); FSDP2 can pass 100% "
+              "because each GPU updates only its shard of the optimizer state. Link figures: (d) datasheet, "
+              "(m) measured, (e) estimate; see docs/distributed.md.[/]")
 
 
 # ----------------------------------------------------------------------------- rendering (rich)

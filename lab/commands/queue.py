@@ -43,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="runs at once; with several GPUs each worker gets its own (CUDA_VISIBLE_DEVICES)")
     r.add_argument("--gpus", default=None, metavar="IDS",
                    help="comma-separated GPU ids to spread workers over (default: all visible GPUs)")
+    r.add_argument("--gpus-per-run", type=int, default=1, metavar="K",
+                   help="each run trains on K GPUs (lab run --gpus K; DDP or FSDP2), on GPUs no other run uses")
     r.add_argument("--follow", action="store_true", help="keep waiting for new entries when the queue is empty")
     r.add_argument("--runs-dir", default=argparse.SUPPRESS, help=RUNS_DIR_HELP)
 
@@ -97,7 +99,11 @@ def _run(store, args) -> int:
         from lm.errors import LabError
 
         raise LabError(f"--workers must be at least 1, got {args.workers}")
-    runner = QueueRunner(store, args.workers, gpus=gpus, follow=args.follow)
+    if args.gpus_per_run < 1:
+        from lm.errors import LabError
+
+        raise LabError(f"--gpus-per-run must be at least 1, got {args.gpus_per_run}")
+    runner = QueueRunner(store, args.workers, gpus=gpus, follow=args.follow, gpus_per_run=args.gpus_per_run)
     if not args.follow and not runner.has_more(store.read()):
         sweeps = sorted({e.sweep for e in store.read().entries if e.sweep and e.status == "pending"})
         hint = (f"; pending sweep trials run only under their sweep: `lab sweep FILE` for {', '.join(sweeps)}"

@@ -84,10 +84,19 @@ class QueueRunner:
     poll_interval = 0.5
 
     def __init__(self, store: QueueStore, workers: int = 1, *, gpus: list[str] | None = None,
-                 follow: bool = False, sweep: str | None = None, log: Callable[[str], None] = print):
+                 follow: bool = False, sweep: str | None = None, log: Callable[[str], None] = print,
+                 gpus_per_run: int = 1):
         self.store = store
         self.workers = max(1, int(workers))
         self.gpus = list(gpus) if gpus is not None else process.detect_gpus()
+        self.gpus_per_run = max(1, int(gpus_per_run))
+        if self.gpus_per_run > 1 and self.workers * self.gpus_per_run > len(self.gpus):
+            from lm.errors import LabError
+
+            have = f"{len(self.gpus)} ({', '.join(self.gpus)})" if self.gpus else "0"
+            raise LabError(f"--gpus-per-run {self.gpus_per_run} with --workers {self.workers} needs "
+                           f"{self.workers * self.gpus_per_run} GPUs, but {have} are available; use fewer "
+                           "workers or GPUs per run")
         self.follow = follow
         self.sweep = sweep
         self.log = log
@@ -193,7 +202,13 @@ class QueueRunner:
                 return
 
     def _gpu_for(self, slot: int) -> str | None:
-        return self.gpus[slot % len(self.gpus)] if self.gpus else None
+        """The GPU (or, with gpus_per_run K, the K GPUs) of a worker slot: disjoint between slots."""
+        if not self.gpus:
+            return None
+        k = self.gpus_per_run
+        groups = max(1, len(self.gpus) // k)
+        first = (slot % groups) * k
+        return ",".join(self.gpus[first:first + k])
 
     def _start_next(self, slot: int) -> bool:
         gpu = self._gpu_for(slot)
@@ -216,6 +231,8 @@ class QueueRunner:
         resume = has_checkpoint(old_run_dir)
         run_dir = Path(old_run_dir) if resume else reserve_run_dir(self.store.runs_dir, self._run_name(claimed))
         args = process.run_command() + process.start_args(claimed.experiment, claimed.overrides, str(run_dir), resume)
+        if self.gpus_per_run > 1:  # one distributed run over this slot's GPUs (lab run --gpus K)
+            args += ["--gpus", str(self.gpus_per_run)]
         try:
             proc = process.spawn(args, cwd=claimed.cwd_or_here(), log_path=run_dir / "train.log", gpu=gpu,
                                  extra_env={"LAB_QUEUE_ENTRY": str(claimed.id)})

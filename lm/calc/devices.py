@@ -30,9 +30,11 @@ GIB = 2**30  # memory sizes are binary (an "80 GB" H100 has 80 GiB); bandwidths 
 # calibrated on; lm.calc.settings.Efficiency overrides any of them for one estimate.
 TIME_FIGURES = ("launch_overhead_us", "backward_launch", "einx_call_us", "cpp_launch_us", "matmul_efficiency",
                 "tf32_matmul_efficiency", "attention_efficiency", "bandwidth_efficiency")
-_FIGURE_KEYS = ("memory_gib", "usable_memory_gib", "overhead_gib", "fragmentation", "bandwidth_gbs", *TIME_FIGURES)
+INTERCONNECT_FIGURES = ("nvlink_gbs", "pcie_gbs", "collective_efficiency")
+_FIGURE_KEYS = ("memory_gib", "usable_memory_gib", "overhead_gib", "fragmentation", "bandwidth_gbs", *TIME_FIGURES,
+                *INTERCONNECT_FIGURES)
 _EFFICIENCY_FIGURES = ("matmul_efficiency", "tf32_matmul_efficiency", "attention_efficiency",
-                       "bandwidth_efficiency")  # in (0, 1]
+                       "bandwidth_efficiency", "collective_efficiency")  # in (0, 1]
 _REQUIRED_FIGURES = ("memory_gib", "bandwidth_gbs")
 _FIGURE_DEFAULTS = {"overhead_gib": 0.5, "fragmentation": 0.05, "launch_overhead_us": 10.0, "backward_launch": 1.0,
                     "einx_call_us": 60.0, "cpp_launch_us": 5.0, "matmul_efficiency": 0.75, "attention_efficiency": 0.55,
@@ -105,6 +107,12 @@ class DeviceProfile:
     """Fraction of the peak a fused attention kernel reaches."""
     bandwidth_efficiency: Figure = Figure(estimate=_FIGURE_DEFAULTS["bandwidth_efficiency"])
     """Fraction of ``bandwidth_gbs`` that elementwise and optimizer kernels reach."""
+    nvlink_gbs: Figure | None = None
+    """NVLink bandwidth per GPU and direction, GB/s (None: no NVLink; collectives go over PCIe)."""
+    pcie_gbs: Figure | None = None
+    """PCIe bandwidth per GPU and direction, GB/s (x16 Gen4 ~32, Gen5 ~64)."""
+    collective_efficiency: Figure | None = None
+    """Fraction of the link bandwidth NCCL's ring collectives reach as bus bandwidth (default 0.8)."""
     bf16_autocast: bool = False
     compile: bool = False
     flash_attention: bool = False

@@ -18,16 +18,15 @@ from lm.errors import ConfigError
 
 
 def ddp_fits(cfg, device_name: str, world_size: int) -> tuple[bool, str]:
-    """Whether the calculator says a full replica (weights, grads, optimizer, activations) fits one device."""
-    from lm.calc import estimate
+    """Whether the calculator says a DDP replica (weights, grads + buckets, optimizer, activations) fits one device."""
     from lm.calc.devices import device_for_torch_name
+    from lm.calc.distributed import estimate_distributed
 
     dev, _ = device_for_torch_name(device_name)
-    local = max(1, cfg.training.batch_size // max(1, world_size))
-    mem = estimate(cfg, dev, batch_size=local).memory
+    est = estimate_distributed(cfg, dev, world_size, "ddp")
     gib = 2 ** 30
-    why = (f"a full replica needs {mem.total / gib:.1f} GiB of {mem.capacity / gib:.1f} GiB on {dev.title}")
-    return bool(mem.fits), why
+    why = f"a full replica needs {est.total_bytes / gib:.1f} GiB of {est.capacity_bytes / gib:.1f} GiB on {dev.title}"
+    return est.fits, why
 
 
 def choose_mode(cfg, env: DistEnv, device_name: str) -> tuple[str, str]:
