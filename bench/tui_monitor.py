@@ -142,9 +142,9 @@ def bench_live(seconds: float, rate: float, poll: float) -> dict:
 def bench_big(lines: int) -> dict:
     """A finished run of ``lines`` train records: worker breakdown and select-to-frame time in the app."""
     from lab.tui.app import LabApp
-    from lab.tui.monitor_frames import ChartOptions
-    from lab.tui.run_tail import RunTail
-    from lab.tui.widgets.chart import render_chart
+    from lab.views.monitor import ChartOptions
+    from lab.views.run_tail import RunTail
+    from lab.views.charts import render_chart
 
     tmp = Path(tempfile.mkdtemp(prefix="tui-big-"))
     run = fake_run(tmp / "runs", "big-20250101-000000", state="done", total=lines, records=lines)
@@ -156,7 +156,7 @@ def bench_big(lines: int) -> dict:
     tail = RunTail(run)
     tail.poll()
     t_read = time.perf_counter() - t
-    from lab.tui.monitor_frames import FrameBuilder
+    from lab.views.monitor import FrameBuilder
 
     t = time.perf_counter()
     curves = FrameBuilder.curves(tail, [], ChartOptions())

@@ -1,9 +1,10 @@
 """Comparing runs: summary numbers, the config keys that differ, and overlaid curves.
 
 Everything here reads run directories through :mod:`lm.runs` and returns plain
-data or text; ``lab compare`` and ``lab sweep report`` print it. Plots are
-drawn with plotext (version 6 API: ``plotext.figure``) as text, so they work
-over SSH and in tests.
+data; ``lab compare`` and the console's Queue tab show it (plots:
+:mod:`lab.views.plots`). A value that is not finite (a diverged run's ``inf``
+loss) is shown as ``inf``/``nan`` in tables and as a mark on curves, never
+dropped silently and never a crash.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.views.plots import Curve
+from lm.config.dotted import flatten
 from lm.errors import LabError
 
 EVAL_METRICS = ("val_loss", "val_ppl", "val_bpb")
@@ -63,18 +66,6 @@ def resolve_run_paths(specs: list[str], runs_dir: str | os.PathLike = "runs") ->
     return out
 
 
-def flatten(table: dict, prefix: str = "") -> dict:
-    """``{"model": {"norm": "pre"}}`` -> ``{"model.norm": "pre"}``."""
-    out = {}
-    for key, value in table.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            out.update(flatten(value, name))
-        else:
-            out[name] = value
-    return out
-
-
 def load_run(path: str | os.PathLike) -> RunData:
     """Read a run directory's status, metrics and config.toml."""
     from lm.runs import RunDir
@@ -95,6 +86,10 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def summarize(run: RunData) -> dict:
     """The numbers of one comparison row."""
     vals = [r.get("val_loss") for r in run.evals]
@@ -108,7 +103,7 @@ def summarize(run: RunData) -> dict:
         "state": st.state,
         "steps": int(st.step or last.get("step") or 0),
         "total_steps": int(st.total_steps or 0),
-        "final_val_loss": vals[-1] if vals and _finite(vals[-1]) else None,
+        "final_val_loss": vals[-1] if vals and _number(vals[-1]) else None,  # inf when it ended diverged
         "best_val_loss": min(finite_vals) if finite_vals else st.best_val_loss,
         "best_val_bpb": min(bpbs) if bpbs else st.best_val_bpb,
         "tokens_per_s": statistics.median(speeds) if speeds else None,
@@ -120,7 +115,7 @@ def summarize(run: RunData) -> dict:
 def diverged_at(run: RunData) -> str | None:
     """Why the run counts as diverged by the sweep's rule (non-finite loss, or loss above its start
     after warmup), or None; runs stopped by a sweep for diverging read as stopped in their status."""
-    from lab.sweep.search import DivergenceWatch
+    from lab.divergence import DivergenceWatch
 
     warmup, vocab = run.config.get("schedule.warmup_steps", 0), run.config.get("model.vocab_size")
     watch = DivergenceWatch(int(warmup) if _finite(warmup) else 0, int(vocab) if _finite(vocab) else None)
@@ -164,15 +159,28 @@ def metric_kind(metric: str, runs: list[RunData]) -> str:
 
 def series(run: RunData, metric: str, x: str = "step", kind: str | None = None) -> tuple[list[float], list[float]]:
     """(x values, metric values) of one run, finite points only; x is 'step' or 'tokens'."""
+    xs, ys, _ = series_with_marks(run, metric, x, kind)
+    return xs, ys
+
+
+def series_with_marks(run: RunData, metric: str, x: str = "step", kind: str | None = None
+                      ) -> tuple[list[float], list[float], list[float]]:
+    """(x, metric) of the finite points, and the x of records whose value is not finite (inf, NaN, or
+    the null the trainer writes for them)."""
     if x not in ("step", "tokens"):
         raise LabError(f"--x must be 'step' or 'tokens', got {x!r}")
     records = run.evals if (kind or metric_kind(metric, [run])) == "eval" else run.train
-    xs, ys = [], []
+    xs, ys, marks = [], [], []
     for r in records:
-        if _finite(r.get(metric)) and _finite(r.get(x)):
+        if not _finite(r.get(x)) or metric not in r:
+            continue
+        v = r[metric]
+        if _finite(v):
             xs.append(float(r[x]))
-            ys.append(float(r[metric]))
-    return xs, ys
+            ys.append(float(v))
+        elif v is None or _number(v):
+            marks.append(float(r[x]))
+    return xs, ys, marks
 
 
 def ema(values: list[float], span: int) -> list[float]:
@@ -210,69 +218,6 @@ def smooth(values: list[float], window: int, kind: str = "ema") -> list[float]:
     raise LabError(f"smoothing must be 'ema' or 'mean', got {kind!r}")
 
 
-PLAIN_MARKERS = ("*", "+", "o", "x", "#", "=", "%", "@")
-
-
-@dataclass
-class Curve:
-    """One line (or set of markers) of a plot."""
-
-    label: str
-    xs: list[float]
-    ys: list[float]
-    marker: str | None = None
-    lines: bool = True
-
-
-def render_plot(curves: list[Curve], *, title: str = "", xlabel: str = "", ylabel: str = "",
-                xlog: bool = False, width: int | None = None, height: int | None = None,
-                color: bool = True, legend: str = "top-right") -> str:
-    """The curves overlaid in one terminal plot, as a string.
-
-    ``legend`` is where the legend goes (``top-right``, ``bottom-left``, ``top-center`` ...):
-    the place the curves are least likely to cross.
-    """
-    import plotext as plt
-
-    if not hasattr(plt, "figure") or not hasattr(plt.figure, "signal"):
-        raise LabError(f"plots need plotext 6 or newer (found {getattr(plt, '__version__', 'an older one')}); "
-                       "upgrade it with: pip install -U plotext")
-    drawable = [c for c in curves if c.xs]
-    if not drawable:
-        return "(nothing to plot: no finite points)"
-    size = os.get_terminal_size(1) if os.isatty(1) else os.terminal_size((100, 30))
-    fig = plt.figure
-    plt.terminal.limit(False, False)  # the size is chosen here (from the terminal when there is one)
-    fig.clear()
-    fig.plot_size(width or min(size.columns, 140), height or max(12, min(size.lines - 6, 30)))
-    fig.theme("default" if color else "clear")
-    # Without colors the curves must differ by their marker (a line is drawn with its marker).
-    plain = iter(PLAIN_MARKERS * (len(drawable) // len(PLAIN_MARKERS) + 1))
-    for c in drawable:
-        marker = c.marker or (None if color else next(plain))
-        sig = fig.signal(c.xs, c.ys, marker=marker) if marker else fig.signal(c.xs, c.ys)
-        sig.label(c.label)
-        if c.lines and len(c.xs) > 1:
-            sig.lines()
-        fig.draw(sig)
-    if xlog:
-        fig.ruler("x").scale("log")
-    xs = [x for c in drawable for x in c.xs]
-    ys = [y for c in drawable for y in c.ys]
-    vertical, horizontal = legend.split("-")
-    # Legend coordinates are in axis units; on a log axis that unit is log10.
-    lo, hi = (math.log10(min(xs)), math.log10(max(xs))) if xlog else (min(xs), max(xs))
-    lx = {"left": lo, "right": hi, "center": (lo + hi) / 2}[horizontal]
-    fig.legend(x=lx, y=max(ys) if vertical == "top" else min(ys), ha=horizontal, va=vertical, relative=True)
-    if title:
-        fig.title(title)
-    if xlabel:
-        fig.label(xlabel, "x")
-    if ylabel:
-        fig.label(ylabel, "y")
-    return fig.build().string(colorless=not color)
-
-
 def comparison_curves(runs: list[RunData], metric: str, *, x: str = "step", window: int | None = None,
                       kind: str = "ema", raw: bool = False) -> list[Curve]:
     """One smoothed curve per run; ``window`` None picks 1 for eval metrics (few points), 10 for train ones."""
@@ -281,8 +226,8 @@ def comparison_curves(runs: list[RunData], metric: str, *, x: str = "step", wind
         window = 1 if mk == "eval" else 10
     curves = []
     for run, label in zip(runs, short_labels([r.label for r in runs])):
-        xs, ys = series(run, metric, x, mk)
-        curves.append(Curve(label, xs, ys if raw else smooth(ys, window, kind)))
+        xs, ys, marks = series_with_marks(run, metric, x, mk)
+        curves.append(Curve(label, xs, ys if raw else smooth(ys, window, kind), marks=marks))
     return curves
 
 
@@ -315,5 +260,5 @@ def format_value(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:.4g}"  # 'inf', 'nan' as they are
     return str(v)

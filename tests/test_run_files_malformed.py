@@ -156,7 +156,7 @@ def test_a_resume_reads_only_type_checked_status_values(tmp_path):
 
 
 def test_the_console_run_tail_reads_a_run_with_bad_files(tmp_path):
-    from lab.tui.run_tail import RunTail
+    from lab.views.run_tail import RunTail
 
     run = make_run(tmp_path, "t-20250101-000000", steps=100)
     _patch_status(run, step="x", pid=12345678901234567890, state="running")

@@ -23,7 +23,7 @@ from lab.cli import main
 from lab.queue.store import QueueStore
 from lab.sweep.driver import SweepRunner
 from lab.sweep.report import build_report, divergence_lines, metric_vs_param_plot
-from lab.sweep.search import DivergenceWatch
+from lab.divergence import DivergenceWatch
 from lab.sweep.spec import load_sweep
 from lm.errors import ConfigError
 

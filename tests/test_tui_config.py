@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab.tui.app import LabApp
-from lab.tui.config_doc import ExperimentDoc, form_fields, parse_input, problems_by_key, toml_from_values, values_of
+from lab.views.config_doc import ExperimentDoc, form_fields, parse_input, problems_by_key, toml_from_values, values_of
 from lm.config.loader import load_experiment
 from lm.config.schema import ExperimentConfig
 
@@ -32,7 +32,7 @@ def test_form_values_round_trip_through_toml_to_the_same_config():
     values = values_of(cfg)
     assert set(values) == {f.key for f in form_fields()}
     text = toml_from_values(values)
-    from lab.tui.config_doc import validate_text
+    from lab.views.config_doc import validate_text
 
     v = validate_text(text, "experiments/quickstart.toml", PROJECT)
     assert v.ok and v.cfg == cfg

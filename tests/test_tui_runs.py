@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab.tui.app import LabApp
-from lab.tui.config_doc import ExperimentDoc
+from lab.views.config_doc import ExperimentDoc
 from lm.runs import RunDir
 from test_tui_support import text_of, tiny_corpus, tiny_overrides, wait_for
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.tui.monitor_frames import ChartOptions, FrameBuilder, RunLister
-from lab.tui.run_tail import RunTail
-from lab.tui.series import MinMaxSeries
+from lab.views.monitor import ChartOptions, FrameBuilder, RunLister
+from lab.views.run_tail import RunTail
+from lab.views.series import MinMaxSeries
 from test_tui_support import make_run
 
 values = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=0, max_size=700)
@@ -106,7 +106,7 @@ def test_frame_builder_draws_only_when_something_changed(tmp_path):
     opts = ChartOptions(width=60, height=12)
     frame = builder.build(run, opts)
     assert frame is not None and frame.view.step == 100
-    assert len(frame.sparklines["loss"]) == 10
+    assert len(frame.sparklines["loss"].ys) == 10
     assert "train loss" in frame.chart.plain and "val loss" in frame.chart.plain
     assert [e["event"] for e in frame.new_events] == ["start", "eval", "eval"]
     assert builder.build(run, opts) is None

@@ -34,9 +34,11 @@ def run(args) -> int:
     import json
     import sys
 
-    from lab.compare import (comparison_curves, config_diff, format_value, load_run, render_plot,
-                             resolve_run_paths, summarize)
+    from lab.compare import comparison_curves, config_diff, format_value, load_run, resolve_run_paths, summarize
+    from lab.views.formats import format_value as format_metric
+    from lab.views.plots import render_plot
     from lm.errors import LabError
+    from lm.runs import json_safe
 
     if args.smooth is not None and args.smooth < 0:
         raise LabError(f"--smooth must be 0 or more, got {args.smooth}")
@@ -44,7 +46,8 @@ def run(args) -> int:
     rows = [summarize(r) for r in runs]
     diffs = config_diff(runs)
     if args.json:
-        print(json.dumps({"runs": rows, "differences": {k: v for k, v in diffs}}, indent=1, default=str))
+        payload = {"runs": rows, "differences": {k: v for k, v in diffs}}
+        print(json.dumps(json_safe(payload), indent=1, default=str))  # strict JSON: inf/nan as null
         return 0
 
     from lab.compare import text_console
@@ -57,14 +60,14 @@ def run(args) -> int:
     best = min((r["best_val_loss"] for r in rows if r["best_val_loss"] is not None), default=None)
 
     def loss(v) -> str:
-        return "-" if v is None else f"{v:.4f}"
+        return format_metric(v, ".4f")  # 'inf' for a run that ended diverged
 
     for r in rows:
         best_cell = loss(r["best_val_loss"])
         if best is not None and r["best_val_loss"] == best and len(rows) > 1:
             best_cell = f"[bold green]{best_cell}[/]"
         steps = f"{r['steps']}/{r['total_steps']}" if r["total_steps"] else str(r["steps"])
-        speed = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
+        speed = format_metric(r["tokens_per_s"], ",.0f")
         table.add_row(r["run"], r["state"], steps, loss(r["final_val_loss"]), best_cell,
                       loss(r["best_val_bpb"]), speed, "[red]yes[/]" if r["diverged"] else "no")
     console.print(table)

@@ -132,7 +132,8 @@ def _report(args, name: str) -> int:
     for line in divergence_lines(report):
         print(line)
     if args.curves:
-        from lab.compare import comparison_curves, load_run, render_plot
+        from lab.compare import comparison_curves, load_run
+        from lab.views.plots import render_plot
 
         runs = [load_run(r.run_dir) for r in report.trials if r.run_dir and Path(r.run_dir).is_dir()]
         print()

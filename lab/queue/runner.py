@@ -27,7 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-from lab.queue import process
+from lab import processes as process
 from lab.queue.store import QueueEntry, QueueState, QueueStore, has_checkpoint, is_orphan, this_host
 
 EXIT_STATUS = {0: "done", 1: "failed", 2: "failed", 4: "diverged", 5: "stopped"}

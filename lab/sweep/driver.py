@@ -9,7 +9,7 @@ run`` leaves them alone), because it must watch them:
 * every eval record of a trial's metrics.jsonl is reported to optuna as an
   intermediate value; when the pruner (successive halving / Hyperband) says so,
   the run gets SIGTERM, checkpoints, exits 5 and is marked pruned;
-* every train record goes through :class:`~lab.sweep.search.DivergenceWatch`;
+* every train record goes through :class:`~lab.divergence.DivergenceWatch`;
   a diverged trial is stopped at once and marked diverged.
 
 A killed driver started again continues the same study: interrupted trials
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from lab.queue.runner import Job, QueueRunner
 from lab.queue.store import QueueEntry, QueueState, QueueStore
 from lab.queue.validate import resolve_entry
-from lab.sweep.search import DivergenceWatch, open_study, suggest, trial_overrides
+from lab.divergence import DivergenceWatch
+from lab.sweep.search import open_study, suggest, trial_overrides
 from lab.sweep.spec import SweepSpec
 from lm.errors import ConfigError
 

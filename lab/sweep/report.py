@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.compare import Curve, render_plot
+from lab.views.plots import Curve, render_plot
 from lab.sweep.search import SPEC_FILE, load_study, sweep_dir
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 from lab.sweep.spec import ParamSpec, SweepSpec, override_text
@@ -122,41 +121,3 @@ def suggest(trial, params: list[ParamSpec]) -> dict:
 def trial_overrides(spec: SweepSpec, values: dict) -> list[str]:
     """The ``--set`` list of one trial: the sweep's fixed overrides, then its parameter values."""
     return list(spec.fixed) + [override_text(k, v) for k, v in values.items()]
-
-
-class DivergenceWatch:
-    """Decides from train records whether a trial diverged.
-
-    Diverged: a non-finite loss (written as null in metrics.jsonl), or, once
-    warmup is over, a loss above the starting loss; at that point the run has
-    undone all its progress and a sweep should not pay for the rest of it. The
-    starting loss is the first logged loss, capped at ``ln(vocab_size)`` (what
-    an untrained model scores) when given: with ``log_every`` > 1 the first
-    record may come after a high learning rate already made things worse.
-    "Above" means by more than ``tolerance`` (10 %): a trial whose learning rate
-    is merely too low sits at its starting loss give or take batch noise, which
-    is slow, not diverged; a diverging one overshoots by far more.
-    """
-
-    tolerance = 0.1
-
-    def __init__(self, warmup_steps: int, vocab_size: int | None = None):
-        self.warmup_steps = warmup_steps
-        self.ceiling = math.log(vocab_size) if vocab_size and vocab_size > 1 else math.inf
-        self.start_loss: float | None = None
-
-    def reset(self) -> None:
-        self.start_loss = None
-
-    def check(self, record: dict) -> str | None:
-        """A reason if this train record shows divergence, else None."""
-        loss, step = record.get("loss"), int(record.get("step", 0))
-        if loss is None or not math.isfinite(float(loss)):
-            return f"non-finite loss at step {step}"
-        if self.start_loss is None:
-            self.start_loss = min(float(loss), self.ceiling)
-            return None
-        if step > self.warmup_steps and loss > self.start_loss * (1 + self.tolerance):
-            return (f"loss {loss:.4g} at step {step} is above the starting loss {self.start_loss:.4g} "
-                    f"after warmup ({self.warmup_steps} steps)")
-        return None

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.compare import flatten
+from lm.config.dotted import flatten
 from lm.errors import ConfigError
 
 METHODS = ("grid", "random", "tpe")

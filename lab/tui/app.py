@@ -16,7 +16,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, TabbedContent, TabPane, Tabs
 
-from lab.tui.supervisor import Supervisor
+from lab.supervisor import Supervisor
 from lab.tui.tabs.config import ConfigPane
 from lab.tui.tabs.monitor import MonitorPane
 

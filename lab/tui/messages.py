@@ -6,11 +6,9 @@ message carries, so the UI thread never waits on a disk, plotext or torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from rich.text import Text
 from textual.message import Message
+
+from lab.views.monitor import MonitorFrame
 
 
 def notify(widget, message: str, **kwargs) -> None:
@@ -25,19 +23,6 @@ class RunsListed(Message):
     def __init__(self, runs: list) -> None:
         super().__init__()
         self.runs = runs
-
-
-@dataclass
-class MonitorFrame:
-    """Everything the monitor draws for the selected run, computed off the UI thread."""
-
-    path: Path
-    view: object
-    """A :class:`lab.tui.run_tail.RunView`."""
-    sparklines: dict[str, list[float]] = field(default_factory=dict)
-    chart: Text | None = None
-    new_events: list[dict] = field(default_factory=list)
-    reset_events: bool = False
 
 
 class FrameReady(Message):

@@ -75,16 +75,20 @@ def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> l
         return [round(lo) if integer else lo]
     raw = (hi - lo) / max(1, count - 1)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+
+    def ticks_for(step: float) -> list[float]:
+        out, k = [], math.ceil(lo / step - 1e-9)
+        while k * step <= hi + step * 1e-9:
+            out.append(float(round(k * step)) if integer else round(k * step, 12))
+            k += 1
+        return out
+
+    steps = [m * mag for m in (0.5, 1, 2, 2.5, 5, 10, 20)]
     if integer:
-        step = max(1, round(step))
-    first = math.ceil(lo / step) * step
-    ticks = []
-    t = first
-    while t <= hi + step * 1e-9:
-        ticks.append(float(round(t)) if integer else round(t, 12))
-        t += step
-    return ticks
+        steps = sorted({max(1, round(st)) for st in steps if st >= 0.5})
+    # The round step whose tick count is closest to ``count`` (the larger step on a tie: fewer labels).
+    best = min(steps, key=lambda st: (abs(len(ticks_for(st)) - count), -st))
+    return ticks_for(best)
 
 
 def tick_label(v: float, integer: bool = False) -> str:

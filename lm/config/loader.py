@@ -95,17 +95,9 @@ def _normalize_overrides(overrides) -> list[Override]:
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
-        out: list[Override] = []
+        from lm.config.dotted import flatten
 
-        def walk(prefix: str, m: Mapping):
-            for k, v in m.items():
-                key = f"{prefix}.{k}" if prefix else str(k)
-                if isinstance(v, Mapping):
-                    walk(key, v)
-                else:
-                    out.append(Override(key, v, f"{key}={toml_value(v)}"))
-        walk("", overrides)
-        return out
+        return [Override(key, v, f"{key}={toml_value(v)}") for key, v in flatten(overrides).items()]
     items = list(overrides)
     parsed = iter(parse_overrides(str(o) for o in items if not isinstance(o, Override)))
     return [o if isinstance(o, Override) else next(parsed) for o in items]

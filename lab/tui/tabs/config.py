@@ -21,7 +21,7 @@ from textual.lazy import Lazy
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, Switch, TextArea
 
-from lab.tui.config_doc import (ExperimentDoc, FormField, display_text, form_fields, parse_input, save_experiment,
+from lab.views.config_doc import (ExperimentDoc, FormField, display_text, form_fields, parse_input, save_experiment,
                                 toml_from_values, validate_text, values_from_toml_dict, values_of)
 from lab.tui.messages import CalcDone, notify
 from lm.errors import LabError

@@ -16,13 +16,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Label, ProgressBar, RichLog, Sparkline, Static
+from textual.widgets import DataTable, Label, ProgressBar, RichLog, Static
 
-from lab.tui.messages import FrameReady, MonitorFrame, RunsListed, notify
-from lab.tui.monitor_frames import (SMOOTHING, SPARK_METRICS, ChartOptions, FrameBuilder, RunLister,
-                                    format_duration, format_number, short_name)
-from lab.tui.supervisor import lower_thread_priority
+from lab.processes import lower_thread_priority
+from lab.tui.messages import FrameReady, RunsListed, notify
 from lab.tui.widgets.chart import Chart
+from lab.tui.widgets.spark import Spark
+from lab.views.formats import format_duration, format_number, format_value
+from lab.views.monitor import SMOOTHING, SPARK_METRICS, ChartOptions, FrameBuilder, MonitorFrame, RunLister, short_name
 from lm.errors import LabError
 
 STATE_GLYPH = {"running": "▶", "done": "✓", "failed": "✗", "stopped": "■", "diverged": "!", "pending": "…"}
@@ -40,16 +41,6 @@ def state_text(state: str) -> Text:
 def state_glyph(state: str) -> Text:
     """A run state as one colored symbol (the run list is narrow)."""
     return Text(STATE_GLYPH.get(state, "?"), style=STATE_STYLE.get(state, "default"))
-
-
-def format_value(value, spec: str) -> str:
-    """``value`` formatted with ``spec``, '-' when missing, as is when it does not take the format."""
-    if value is None or isinstance(value, bool):
-        return "-"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def event_line(ev: dict) -> Text:
@@ -109,7 +100,7 @@ class MonitorPane(Vertical):
                 for name, label in SPARK_METRICS:
                     with Horizontal(classes="spark-row"):
                         yield Label(label, classes="spark-label")
-                        yield Sparkline([], id=f"spark-{name}", classes="spark")
+                        yield Spark(id=f"spark-{name}", classes="spark")
                         yield Label("-", id=f"spark-value-{name}", classes="spark-value")
                 yield Static("", id="chart-options")
                 yield Chart("", id="run-chart")
@@ -252,8 +243,7 @@ class MonitorPane(Vertical):
         bar.update(total=max(1, v.total_steps), progress=min(v.step, max(1, v.total_steps)))
         self.query_one("#run-values", Static).update(self._values(v))
         for name, _ in SPARK_METRICS:
-            data = frame.sparklines.get(name) or []
-            self.query_one(f"#spark-{name}", Sparkline).data = data
+            self.query_one(f"#spark-{name}", Spark).data = frame.sparklines.get(name)
             last = v.last_train.get(name)
             self.query_one(f"#spark-value-{name}", Label).update(format_number(last, ".3g"))
         if frame.chart is not None:

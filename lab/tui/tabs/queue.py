@@ -21,11 +21,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
+from lab.processes import lower_thread_priority
 from lab.tui.messages import QueueRead, notify
-from lab.tui.supervisor import lower_thread_priority
-from lab.tui.monitor_frames import format_number
 from lab.tui.tabs.monitor import state_text
-from lab.tui.widgets.chart import Chart, ChartCurve, render_chart
+from lab.tui.widgets.chart import Chart
+from lab.views.charts import ChartCurve, render_chart
+from lab.views.formats import format_number
 from lm.errors import LabError
 
 MAX_COMPARED = 12  # the most recent finished runs compared

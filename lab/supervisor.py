@@ -1,4 +1,4 @@
-"""Starting and stopping the processes the console drives: runs, the queue runner, sweeps.
+"""The console's processes: runs, the queue runner and sweeps it started, and the runs under its folder.
 
 The console never trains in its own process. A run is ``python -m lab run``
 started in its own session (``start_new_session=True``) with stdout and stderr
@@ -13,18 +13,15 @@ lab sweep`` processes with their output in ``<runs>/console-queue.log``.
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.processes import lab_command, process_cmdline, spawn
 from lm.errors import LabError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 QUEUE_LOG = "console-queue.log"
 
 
@@ -37,48 +34,6 @@ class Started:
     """'run', 'resume', 'queue' or 'sweep'."""
     run_dir: Path | None
     command: list[str]
-
-
-def lab_command() -> list[str]:
-    """How to start ``lab`` as a child process (this interpreter, this checkout)."""
-    return [sys.executable, "-m", "lab"]
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a child: unbuffered output, this checkout importable."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def process_cmdline(pid: int) -> str:
-    """The command line of a process on this host ('' when unknown)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def lower_thread_priority(niceness: int = 10) -> None:
-    """Make the calling thread (a console worker) yield to training processes when CPUs are busy.
-
-    On Linux the nice value is per thread, so only this worker is lowered: the
-    UI thread, and the runs it starts (children inherit the forking thread's
-    value), keep normal priority. Elsewhere this does nothing.
-    """
-    import threading
-
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
-    except (AttributeError, OSError):
-        pass
 
 
 class Supervisor:
@@ -101,12 +56,8 @@ class Supervisor:
 
     def _spawn(self, args: list[str], log_path: Path, kind: str, run_dir: Path | None) -> Started:
         command = lab_command() + args
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            log.write(f"\n=== lab console {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command)}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(command, cwd=self.cwd, env=child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # Detached and not tied to the console: closing it leaves the run training.
+        proc = spawn(command, cwd=self.cwd, log_path=log_path, who="lab console", die_with_parent=False)
         started = Started(proc, kind, run_dir, command)
         self.started.append(started)
         return started

@@ -16,10 +16,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.tui.series import MinMaxSeries
+from lab.views.series import MinMaxSeries
 
 TRAIN_SERIES = ("loss", "ppl", "grad_norm", "tokens_per_s", "lr")
 EVAL_SERIES = ("val_loss", "val_bpb")
+# A null in these fields is what the trainer writes for a non-finite value (JSON has no inf or NaN):
+# drawn as a mark, not left out.
+NULL_IS_NON_FINITE = frozenset(("loss", "ppl", "grad_norm", "val_loss", "val_bpb"))
+NAN = float("nan")
 ETA_WINDOW = 50  # train records the ETA's rate is measured over
 
 
@@ -137,8 +141,10 @@ class RunTail:
                 if all(type(y) is float for y in ys):  # the usual case: one C-speed pass, no filtering
                     self.series[name].extend(xs, ys)
                     continue
+                if name in NULL_IS_NON_FINITE:  # null: a non-finite value; a missing key: nothing to draw
+                    ys = [NAN if y is None and name in r else y for y, r in zip(ys, recs)]
                 keep = [i for i, y in enumerate(ys) if isinstance(y, (int, float)) and not isinstance(y, bool)]
-                if keep:  # nulls (non-finite values) and missing keys are left out
+                if keep:
                     self.series[name].extend([xs[i] for i in keep], [float(ys[i]) for i in keep])
         if train:
             self.last_train = train[-1]

@@ -10,10 +10,16 @@ neighbours merge and ``width`` doubles: constant memory, O(1) amortized work
 per value, and :meth:`MinMaxSeries.extend` handles a big batch with C-level
 ``min``/``max``/``sum`` over slices, producing exactly the buckets that
 appending one value at a time would.
+
+Non-finite values (``inf``, ``NaN``: a diverging loss) never enter a bucket,
+where one would poison every min, max and mean after it: they are kept apart
+as *marks* (their x coordinates), which charts and sparklines draw as gaps
+with a mark.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 X = tuple  # an x coordinate: (step, tokens); either axis can be drawn
@@ -34,6 +40,9 @@ class MinMaxSeries:
         self._max_x: list[X] = []
         self._last: list[float] = []
         self._last_x: list[X] = []
+        self._marks: list[X] = []
+        self._mark_stride = 1  # every n-th non-finite value is kept once there are many
+        self._mark_seen = 0
 
     def __len__(self) -> int:
         return self.count
@@ -55,8 +64,31 @@ class MinMaxSeries:
         """Forget every value (the metrics file was replaced)."""
         self.__init__(self.max_buckets * 2)
 
+    def _mark(self, x: X) -> None:
+        """Remember where a non-finite value was (at most ``max_buckets`` marks, evenly thinned)."""
+        self.count += 1
+        self._mark_seen += 1
+        if (self._mark_seen - 1) % self._mark_stride:
+            return
+        self._marks.append(x)
+        if len(self._marks) > self.max_buckets:
+            self._marks = self._marks[::2]
+            self._mark_stride *= 2
+
+    @property
+    def non_finite(self) -> int:
+        """How many non-finite values were added."""
+        return self._mark_seen
+
+    def marks(self, axis: int = 0) -> list[float]:
+        """x of (up to ``max_points / 2`` of) the non-finite values, in order."""
+        return [x[axis] for x in self._marks]
+
     def append(self, x: X, y: float) -> None:
-        """Add one value at coordinate ``x``."""
+        """Add one value at coordinate ``x`` (a non-finite ``y`` becomes a mark)."""
+        if not math.isfinite(y):
+            self._mark(x)
+            return
         n = self._n
         if n and n[-1] < self.width:
             n[-1] += 1
@@ -76,7 +108,16 @@ class MinMaxSeries:
 
     def extend(self, xs: Sequence[X], ys: Sequence[float]) -> None:
         """Add many values; the same buckets as appending them one by one, much faster."""
-        total = self.count + len(ys)
+        if not math.isfinite(sum(ys)):  # some inf/nan (or a huge sum): marks apart, the rest in bulk
+            keep = [i for i, y in enumerate(ys) if math.isfinite(y)]
+            if len(keep) < len(ys):
+                good = set(keep)
+                for i in range(len(ys)):
+                    if i not in good:
+                        self._mark(xs[i])
+                self.extend([xs[i] for i in keep], [ys[i] for i in keep])
+                return
+        total = self.count - self._mark_seen + len(ys)
         while -(-total // self.width) > self.max_buckets:
             self._merge()
         i, m = 0, len(ys)

@@ -1,10 +1,14 @@
-"""Starting, signalling and reaping ``lab run`` processes on behalf of the queue.
+"""The processes lab starts, signals and reaps: runs, queue runners and sweeps (one module for the queue
+and the console).
 
-The queue never trains in its own process: each entry is a separate
-``python -m lab run`` whose stdout/stderr go to the run's ``train.log``. The
-command can be replaced (``LAB_QUEUE_RUN_COMMAND``, split like a shell line)
-so the queue logic can be exercised with a stand-in that follows the same
-run-directory contract.
+Nothing trains in the process that starts it: a run is a separate ``python -m
+lab run`` in its own session, its stdout/stderr appended to the run's
+``train.log`` (:func:`spawn`), with this checkout importable and unbuffered
+output (:func:`child_env`). A process is only ever signalled after its command
+line (:func:`process_cmdline`) shows it is still the one that was started. The
+queue's run command can be replaced (``LAB_QUEUE_RUN_COMMAND``, split like a
+shell line) so the queue logic can be exercised with a stand-in that follows
+the same run-directory contract.
 """
 
 from __future__ import annotations
@@ -21,6 +25,41 @@ from pathlib import Path
 
 RUN_COMMAND_ENV = "LAB_QUEUE_RUN_COMMAND"
 _PR_SET_PDEATHSIG = 1
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def lab_command() -> list[str]:
+    """How to start ``lab`` as a child process (this interpreter, this checkout)."""
+    return [sys.executable, "-m", "lab"]
+
+
+def child_env(extra: dict[str, str] | None = None, gpu: str | None = None) -> dict[str, str]:
+    """The environment of a child: unbuffered output, this checkout importable when it is a source
+    checkout (``python -m lab`` must find it from any directory), ``CUDA_VISIBLE_DEVICES`` if ``gpu``."""
+    env = dict(os.environ)
+    env.update(extra or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Make the calling thread (a console worker) yield to training processes when CPUs are busy.
+
+    On Linux the nice value is per thread, so only this worker is lowered: the
+    UI thread, and the runs it starts (children inherit the forking thread's
+    value), keep normal priority. Elsewhere this does nothing.
+    """
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+    except (AttributeError, OSError):
+        pass
 
 
 def run_command() -> list[str]:
@@ -60,31 +99,27 @@ def _child_setup(parent_pid: int):
     return setup
 
 
-def spawn(args: list[str], *, cwd: str, log_path: Path, gpu: str | None, extra_env: dict[str, str]) -> subprocess.Popen:
-    """Start a run process in its own session with output appended to ``log_path``.
+def spawn(args: list[str], *, cwd: str | os.PathLike, log_path: Path, gpu: str | None = None,
+          extra_env: dict[str, str] | None = None, who: str = "lab queue",
+          die_with_parent: bool = True) -> subprocess.Popen:
+    """Start a process in its own session with output appended to ``log_path`` (after a line saying
+    who started what, when).
 
-    Its own session keeps a Ctrl-C at the runner's terminal from reaching the
-    run directly: the runner forwards one SIGTERM, so the run checkpoints once.
+    Its own session keeps a Ctrl-C at the starter's terminal from reaching it
+    directly (the queue forwards one SIGTERM, so a run checkpoints once) and
+    lets it outlive the console. ``die_with_parent``: on Linux it gets SIGTERM
+    when the starter dies (the queue: runs never train unwatched); the
+    console's runs are meant to outlive it, so it passes False.
     """
-    env = dict(os.environ)
-    env.update(extra_env)
-    env["PYTHONUNBUFFERED"] = "1"
-    # `python -m lab` must find this package when it runs from a source checkout that is not
-    # pip-installed and the run starts in another directory.
-    project_root = Path(__file__).resolve().parents[2]
-    if (project_root / "pyproject.toml").is_file():
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(project_root), env.get("PYTHONPATH", "")) if p)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"\n=== lab queue {stamp}: {shlex.join(args)}\n".encode())
+        log.write(f"\n=== {who} {stamp}: {shlex.join(args)}\n".encode())
         log.flush()
+        setup = _child_setup(os.getpid()) if die_with_parent and sys.platform.startswith("linux") else None
         return subprocess.Popen(
-            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_child_setup(os.getpid()) if sys.platform.startswith("linux") else None,
+            args, cwd=cwd, env=child_env(extra_env, gpu), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=setup,
         )
 
 
@@ -95,7 +130,11 @@ def process_cmdline(pid: int) -> str:
     except OSError:
         pass
     if shutil.which("ps"):
-        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+        try:
+            out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True,
+                                 timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return ""
         return out.stdout.strip()
     return ""
 

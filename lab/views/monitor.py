@@ -1,30 +1,53 @@
 """Turning run directories into what the Monitor tab draws, off the UI thread.
 
-:class:`FrameBuilder` owns the :class:`~lab.tui.run_tail.RunTail` of the
+:class:`FrameBuilder` owns the :class:`~lab.views.run_tail.RunTail` of the
 selected run and of the runs overlaid on its chart; :meth:`FrameBuilder.build`
 polls them (a ``stat()`` each when nothing changed) and, when something did,
 renders sparkline data, the loss chart and the new events into a
-:class:`~lab.tui.messages.MonitorFrame`. :class:`RunLister` lists the runs
+:class:`MonitorFrame`. :class:`RunLister` lists the runs
 folder, re-reading only run directories whose ``status.json`` changed.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.tui.messages import MonitorFrame
-from lab.tui.run_tail import RunTail
-from lab.tui.widgets.chart import ChartCurve, render_chart
+from rich.text import Text
+
+from lab.views.charts import ChartCurve, render_chart
+from lab.views.formats import format_duration, format_number  # noqa: F401 (the monitor's formats)
+from lab.views.run_tail import RunTail
 
 SPARK_METRICS = (("loss", "loss"), ("ppl", "perplexity"), ("grad_norm", "grad norm"),
                  ("tokens_per_s", "tokens/s"), ("lr", "learning rate"))
 SMOOTHING = (0, 10, 50, 200)
 MAX_TAILS = 16  # run tails kept in memory (the selected run and overlays; others are dropped)
+
+
+@dataclass(frozen=True)
+class SparkData:
+    """One sparkline: bucket means over x, and where values were not finite."""
+
+    xs: list[float]
+    ys: list[float]
+    marks: list[float] = field(default_factory=list)
+
+
+@dataclass
+class MonitorFrame:
+    """Everything the monitor draws for the selected run, computed off the UI thread."""
+
+    path: Path
+    view: object
+    """A :class:`lab.views.run_tail.RunView`."""
+    sparklines: dict[str, SparkData] = field(default_factory=dict)
+    chart: Text | None = None
+    new_events: list[dict] = field(default_factory=list)
+    reset_events: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,8 @@ class FrameBuilder:
             view = tail.view()
             frame = MonitorFrame(path=tail.path, view=view)
             for name, _ in SPARK_METRICS:
-                frame.sparklines[name] = tail.series[name].means()[1]
+                series = tail.series[name]
+                frame.sparklines[name] = SparkData(*series.means(), series.marks())
             frame.chart = render_chart(self.curves(tail, overlays, opts), opts.width, opts.height,
                                        log_y=opts.log_y, xlabel="tokens" if opts.x_axis == "tokens" else "step",
                                        empty="no metrics yet: the run is starting or preparing its data")
@@ -105,13 +129,14 @@ class FrameBuilder:
         loss = tail.series["loss"]
         xs, ys = loss.smoothed(opts.smoothing, axis) if opts.smoothing else loss.points(axis)
         label = "train loss" + (f" (ema {opts.smoothing})" if opts.smoothing else "")
-        out = [ChartCurve(label, xs, ys)]
-        vx, vy = tail.series["val_loss"].points(axis)
-        if vx:
-            out.append(ChartCurve("val loss", vx, vy, markers=True))
+        out = [ChartCurve(label, xs, ys, marks=loss.marks(axis))]
+        val = tail.series["val_loss"]
+        vx, vy = val.points(axis)
+        if vx or val.non_finite:
+            out.append(ChartCurve("val loss", vx, vy, markers=True, marks=val.marks(axis)))
         for o in overlays:
             ox, oy = o.series["loss"].smoothed(max(opts.smoothing, 10), axis)
-            out.append(ChartCurve(short_name(o.run.name), ox, oy))
+            out.append(ChartCurve(short_name(o.run.name), ox, oy, marks=o.series["loss"].marks(axis)))
         return out
 
 
@@ -172,28 +197,3 @@ def _recheck(summary, path: str):
     from dataclasses import replace
 
     return replace(summary, state=state)
-
-
-def format_duration(seconds: float | None) -> str:
-    """'1h02m', '4m05s', '12s' ('-' when unknown)."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "-"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def format_number(v, spec: str = ".4g") -> str:
-    """A metric value compactly ('-' for missing)."""
-    if v is None or isinstance(v, bool):
-        return "-"
-    if isinstance(v, (int, float)):
-        if not math.isfinite(v):
-            return "nan"
-        if abs(v) >= 1e4:
-            for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-                if abs(v) >= size:
-                    return f"{v / size:.3g}{unit}"
-        return format(v, spec)
-    return str(v)
