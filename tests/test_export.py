@@ -260,6 +260,9 @@ def test_safetensors_export_loads_wherever_a_run_does(tmp_path, tokenizer, capsy
     assert capsys.readouterr().out.startswith("Héllo")
     with pytest.raises(CheckpointError, match="one set of weights"):
         open_run(out, "step_5", device="cpu")
+    Tokenizer({i: bytes([i]) for i in range(256)}, [], SPECIALS).save(out / "tokenizer")  # someone else's
+    with pytest.raises(CheckpointError, match="is not the one .*model.safetensors was trained with"):
+        open_run(out, device="cpu")
 
 
 def test_best_checkpoint_is_also_written_as_safetensors(tmp_path):
@@ -344,7 +347,7 @@ def test_a_trained_run_exports_through_the_cli(tmp_path):
     """`lab run` (in process, 10 steps) writes best.safetensors equal to best.pt; `lab export` of the run
     gives transformers the same logits as lab's loader, and the tokenizer the trainer trained."""
     from lm.checkpoint import torch_load
-    from lm.inference import open_run
+    from lm.decode import load as open_run
     from test_train_cli import experiment, run_in_process
 
     exp = experiment(tmp_path, training={"steps": 10}, eval={"every": 5}, checkpoint={"every": 5})
@@ -370,7 +373,7 @@ def test_import_of_a_llama_saved_by_transformers_gives_its_logits(tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from lm.inference import open_run
+    from lm.decode import load as open_run
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -396,3 +399,27 @@ def test_import_of_a_llama_saved_by_transformers_gives_its_logits(tmp_path):
         torch.testing.assert_close(loaded.model(ids), hf(ids).logits, atol=1e-4, rtol=0)
     assert loaded.tokenizer.encode(MIXED_TEXT) == bpe.encode(MIXED_TEXT).ids
     assert loaded.model.cfg.rope_theta == 2000.0
+
+
+def test_folders_that_are_not_runs_get_a_clear_error(tmp_path, tokenizer):
+    from lm.decode import load as open_run
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(ExportError, match=r"junk is not a run directory .*holds photo.jpg"):
+        export_run(junk, "hf", tmp_path / "o")
+    _, run = _run(tmp_path, TINY, tokenizer)
+    export_run(run, "hf", tmp_path / "hf")
+    with pytest.raises(CheckpointError, match=r"Hugging Face model folder; `lab import .*hf --out RUN_DIR`"):
+        open_run(tmp_path / "hf", device="cpu")
+
+
+def test_onnx_without_its_packages_names_the_extra(tmp_path, tokenizer, monkeypatch):
+    from lm.export import onnx
+
+    monkeypatch.setattr(onnx, "missing_packages", lambda: ["onnxscript"])
+    _, run = _run(tmp_path, TINY, tokenizer)
+    with pytest.raises(ExportError, match=r"needs onnxscript, which is not installed: pip install 'lab-lm\[export\]'"):
+        export_run(run, "onnx", tmp_path / "o")
+    assert not (tmp_path / "o").exists()

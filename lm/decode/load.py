@@ -162,8 +162,8 @@ def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device
     from lm.export import safetensors_dir
     from lm.runs import RunDir
 
-    if safetensors_dir.is_export_dir(path):  # `lab export --format safetensors` output works like a run
-        return safetensors_dir.load(path, checkpoint, device, dtype)
+    if (exported := safetensors_dir.load_if_exported(path, checkpoint, device, dtype)) is not None:
+        return exported  # `lab export --format safetensors` output works wherever a run directory does
     run = RunDir(path)
     if not run.path.is_dir():
         raise CheckpointError(f"run directory {run.path} does not exist")

@@ -54,6 +54,7 @@ def export_run(run: str | os.PathLike, fmt: str, out: str | os.PathLike, *, chec
             raise ExportError("--format onnx writes fp32 only (the graph is checked against lab's fp32 logits "
                               "with onnxruntime); leave out --dtype, or use --format hf/safetensors for bf16")
     out = Path(out)
+    _check_source(Path(run))
     # Loaded in fp32 on the CPU whatever the run trained in: the file gets the asked dtype.
     loaded = load(run, checkpoint, device="cpu", dtype="fp32")
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -81,3 +82,16 @@ def export_run(run: str | os.PathLike, fmt: str, out: str | os.PathLike, *, chec
         files = onnx.write(model, tokenizer, out, experiment=loaded.config, iteration=loaded.iteration,
                            source=source)
     return ExportResult(out, files, loaded.checkpoint_path, loaded.iteration, model.num_params())
+
+
+def _check_source(run: Path) -> None:
+    """ExportError for a folder that is neither a run directory nor a safetensors export."""
+    from lm.export.safetensors_dir import is_export_dir
+    from lm.runs import RunDir
+
+    rd = RunDir(run)
+    if run.is_dir() and not (rd.exists() or rd.checkpoint_dir.is_dir() or is_export_dir(run)):
+        have = sorted(p.name for p in run.iterdir())
+        shown = ", ".join(have[:8]) + (" ..." if len(have) > 8 else "") if have else "nothing"
+        raise ExportError(f"{run} is not a run directory (no config.toml, status.json or checkpoints/; it holds "
+                          f"{shown}) nor a folder written by `lab export --format safetensors`")

@@ -98,7 +98,7 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, *, force: bool 
     write_resolved(exp, out / "config.toml")
     tokenizer.save(out / TOKENIZER_DIR)
     ckpt = {"format": CHECKPOINT_FORMAT, "model": state, "iteration": 0, "config": to_dict(exp),
-            "imported_from": str(folder.resolve())}
+            "tokenizer_fingerprint": tokenizer.fingerprint(), "imported_from": str(folder.resolve())}
     CheckpointDir(out / CHECKPOINT_DIR, keep_last=0).save(ckpt, 0, keep_step_file=False, best=True)
     now = time.time()
     message = f"imported from {folder.resolve()}"

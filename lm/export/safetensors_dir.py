@@ -36,22 +36,45 @@ def write(model, tokenizer, out: Path, dtype: torch.dtype, *, experiment: dict, 
     """Write an eval-mode lab model, its tokenizer and config into ``out``."""
     written = [write_state_dict(out / WEIGHTS_FILE, model.state_dict(), {"format": "pt", "lab": FORMAT}, dtype)]
     cfg = {"format": FORMAT, "model": to_dict(model.cfg), "experiment": experiment, "iteration": iteration,
-           "dtype": str(dtype).removeprefix("torch."), "source": source}
+           "dtype": str(dtype).removeprefix("torch."), "tokenizer_fingerprint": tokenizer.fingerprint(),
+           "source": source}
     written.append(write_json(out / CONFIG_FILE, cfg))
     tokenizer.save(out / TOKENIZER_DIR)
     written.append(out / TOKENIZER_DIR)
     return written
 
 
+def _config_json(path: str | os.PathLike) -> dict | None:
+    cfg = Path(path) / CONFIG_FILE
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def is_export_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder written by :func:`write` (its config.json says so)."""
-    cfg = Path(path) / CONFIG_FILE
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    return (_config_json(path) or {}).get("format") == FORMAT
+
+
+def load_if_exported(path: str | os.PathLike, checkpoint="best", device="auto", dtype="auto"):
+    """What the model loader calls first: :func:`load` for an export folder, None for anything else.
+
+    A folder of another export format gets a CheckpointError saying what to do with it instead.
+    """
+    data = _config_json(path)
+    if data is None:
+        return None
+    if data.get("format") == FORMAT:
+        return load(path, checkpoint, device, dtype)
+    if data.get("format") == "lab-onnx/1":
+        raise CheckpointError(f"{path} is an ONNX export (model.onnx), which onnxruntime runs; lab loads a run "
+                              "directory or a `lab export --format safetensors` folder")
+    if "model_type" in data and not (Path(path) / "config.toml").exists():
+        raise CheckpointError(f"{path} is a Hugging Face model folder; `lab import {path} --out RUN_DIR` makes "
+                              "a run directory of it (Llama models of a shape lab's model has)")
+    return None
 
 
 def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device="auto", dtype="auto"):
@@ -59,6 +82,7 @@ def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device
 
     The folder holds one set of weights, so ``checkpoint`` may only be ``best`` or ``latest``.
     """
+    from lm.checkpoint import check_tokenizer
     from lm.decode.load import (LoadedRun, load_tokenizer, model_config_from_dict, model_from_state, resolve_device,
                                 resolve_dtype)
 
@@ -76,6 +100,7 @@ def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device
     state, _ = read_state_dict(path / WEIGHTS_FILE)
     model = model_from_state(model_cfg, state, dev, dt)
     tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+    check_tokenizer(cfg_json, tokenizer, path / WEIGHTS_FILE, path / TOKENIZER_DIR)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise CheckpointError(f"the tokenizer in {path / TOKENIZER_DIR} has {tokenizer.vocab_size} tokens but the "
                               f"model only {model_cfg.vocab_size}; they do not belong together")
