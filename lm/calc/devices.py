@@ -186,7 +186,7 @@ def load_devices(extra_file: str | os.PathLike | None = None) -> dict[str, Devic
 
     Raises ConfigError naming the file, entry and key of every problem.
     """
-    devices = _read_file(BUILTIN_FILE, {}, "built-in")
+    devices = _fit_cpu_to_host(_read_file(BUILTIN_FILE, {}, "built-in"))
     user = user_devices_file()
     if user.is_file():
         devices = _read_file(user, devices, str(user))
@@ -196,6 +196,46 @@ def load_devices(extra_file: str | os.PathLike | None = None) -> dict[str, Devic
             raise ConfigError([f"devices file {extra_file} does not exist"], source=str(extra_file))
         devices = _read_file(path, devices, str(extra_file))
     return devices
+
+
+PROFILE_CPU_CORES = 8
+"""The core count the built-in ``cpu`` profile's peak estimates are written for."""
+
+
+def host_cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask where there is one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def _host_memory_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _fit_cpu_to_host(devices: dict[str, DeviceProfile]) -> dict[str, DeviceProfile]:
+    """The built-in ``cpu`` profile scaled to this machine: its peak estimates per core times the real core
+    count, and the real memory (a user's devices.toml, read after this, can still set measured figures)."""
+    cpu = devices.get("cpu")
+    if cpu is None:
+        return devices
+    cores = host_cpu_cores()
+    scale = cores / PROFILE_CPU_CORES
+    peaks = {dt: dataclasses.replace(f, estimate=f.estimate * scale,
+                                     note=f"{f.note}; scaled to this machine's {cores} cores".lstrip("; "))
+             if f.estimated else f for dt, f in cpu.peak_tflops.items()}
+    changes: dict = {"peak_tflops": peaks}
+    mem = _host_memory_gib()
+    if mem is not None:
+        changes["memory_gib"] = Figure(estimate=round(mem, 1), note="this machine's memory")
+        changes["usable_memory_gib"] = Figure(estimate=round(mem * 0.75, 1),
+                                              note="three quarters of it: the OS and other programs need the rest")
+    title = f"CPU ({cores} cores{f', {mem:.0f} GiB' if mem is not None else ''})"
+    return devices | {"cpu": dataclasses.replace(cpu, title=title, **changes)}
 
 
 def _read_file(path: Path, known: dict[str, DeviceProfile], label: str) -> dict[str, DeviceProfile]:
