@@ -73,6 +73,9 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
 
     policy = resolve_policy(cfg.training)  # a missing device is a config error before any directory exists
     env = DistEnv.from_environment()  # a world of one unless torchrun (or lab run --gpus N) started us
+    from lm.train.memory_check import check_fits
+
+    check_fits(cfg, policy.device, policy.device_name, env.world_size)  # before any directory or allocation
     if env.world_size > 1:
         from lm.distributed.data import check_batch_split
 
@@ -148,7 +151,14 @@ def _run(cfg: ExperimentConfig, policy, env, run_dir, checkpoint, progress: Prog
                               progress=progress, recorder=recorder, stop=stop, dist=env)
             trainer.warnings += [warmup_note] if warmup_note else []
             try:
-                trainer.setup(resume_from)
+                try:
+                    trainer.setup(resume_from)
+                except (RuntimeError, MemoryError) as e:
+                    from lm.train.memory_check import is_out_of_memory, oom_error
+
+                    if not is_out_of_memory(e):
+                        raise
+                    raise oom_error(cfg, policy.device_name, e, env.world_size) from None
             except LabError as e:
                 recorder.event("error", 0, 0.0, str(e))
                 recorder.finish("failed", 2, str(e))

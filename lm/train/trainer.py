@@ -47,6 +47,7 @@ from lm.optim import clip_grad_norm
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
 from lm.train.checkpointing import CHECKPOINT_FORMAT, CheckpointDir, capture_rng, load_training_checkpoint, restore_rng
 from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
+from lm.train.memory_check import is_out_of_memory, oom_error
 from lm.train.optimization import build_optimizer, grad_norm, set_lr
 from lm.train.policy import DevicePolicy, configure_backends, peak_memory, reset_peak_memory, resolve_policy
 from lm.train.recorder import Progress, RunRecorder
@@ -267,6 +268,10 @@ class Trainer:
             rec.finish("stopped", 5, msg)
             return 5
         except Exception as e:
+            if is_out_of_memory(e):  # a size problem, not a crash: say which keys and what the calculator says
+                err = oom_error(cfg, self.policy.device_name if self.policy else "this device", e)
+                self._record_failure(str(err), 2)
+                raise err from None
             traceback.print_exc(file=sys.stderr)
             self._record_failure(f"{type(e).__name__}: {e}", 1)
             return 1
