@@ -227,3 +227,31 @@ def test_cli_get_errors_are_one_line_without_traceback(tmp_path, monkeypatch, ca
     monkeypatch.setitem(DATASETS, "toy", _dataset(BODY))
     assert main(["data", "get", "toy", "--dest", str(tmp_path), "--base-url", f"http://127.0.0.1:{port}"]) == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+def _unhashed(body: bytes, approx: int) -> Dataset:
+    return Dataset("toy", "a toy corpus", "https://example.invalid/never-used",
+                   (RemoteFile("corpus.txt", "corpus.txt", "train", approx),))
+
+
+@pytest.mark.parametrize("bad, why", [
+    (b"<!DOCTYPE html><html><body>Rate limited</body></html>" + b" " * 250_000, "not plain text"),
+    (b"tiny", "the server may be serving another file"),
+    (bytes(range(256)) * 1000, "not UTF-8"),
+])
+def test_force_never_replaces_a_good_file_with_a_worse_one(server, tmp_path, bad, why):
+    """No hash is published (like TinyStories): size bounds and a text check guard the replacement."""
+    handler, base = server
+    good = ("Once upon a time there was a little corpus.\n" * 6000).encode()
+    handler.files = {"corpus.txt": good}
+    path = download_dataset(_unhashed(good, len(good)), tmp_path, base_url=base)["train"]
+    handler.files = {"corpus.txt": bad}
+    with pytest.raises(DataError, match=why) as e:
+        download_dataset(_unhashed(good, len(good)), tmp_path, base_url=base, force=True)
+    assert "kept" in str(e.value)
+    assert path.read_bytes() == good
+    assert not list((tmp_path / "toy").glob("*.part"))
+    newer = good.replace(b"little", b"larger")
+    handler.files = {"corpus.txt": newer}
+    download_dataset(_unhashed(good, len(good)), tmp_path, base_url=base, force=True)
+    assert path.read_bytes() == newer

@@ -61,7 +61,8 @@ def download_dataset(dataset: str | Dataset, dest: str | os.PathLike | None = No
         url = ds.url(remote_file, base_url)
         fetched = directory / remote_file.remote
         size, sha256 = fetch(url, fetched, expected_size=remote_file.size, expected_sha256=remote_file.sha256,
-                             label=remote_file.remote, progress=progress)
+                             label=remote_file.remote, progress=progress,
+                             check=lambda part, f=remote_file, u=url: check_content(f, part, u))
         entry = {"url": url, "download_size": size, "download_sha256": sha256, "downloaded": time.time()}
         if remote_file.gzip:
             entry["size"], entry["sha256"] = gunzip(fetched, final, progress=progress)
@@ -77,12 +78,15 @@ def download_dataset(dataset: str | Dataset, dest: str | os.PathLike | None = No
 
 
 def fetch(url: str, path: Path, *, expected_size: int | None = None, expected_sha256: str | None = None,
-          label: str | None = None, progress: Progress | None = None) -> tuple[int, str]:
+          label: str | None = None, progress: Progress | None = None,
+          check: Callable[[Path], None] | None = None) -> tuple[int, str]:
     """Download ``url`` to ``path`` via ``path.part``, resuming a partial file; return (size, sha256).
 
     Verifies the byte count against ``expected_size`` or the server's length
     and the content against ``expected_sha256``; a mismatching hash deletes
-    the download (it cannot be repaired by resuming).
+    the download (it cannot be repaired by resuming). ``check(part)`` may
+    refuse the content (DataError) before it replaces ``path``: a good file
+    already there is never replaced by a worse one.
     """
     label = label or path.name
     part = path.with_name(path.name + ".part")
@@ -113,6 +117,12 @@ def fetch(url: str, path: Path, *, expected_size: int | None = None, expected_sh
             f"{label} downloaded from {url} is corrupt: its sha256 is {sha256}, expected {expected_sha256}. "
             "The download was deleted; run the command again to download it afresh."
         )
+    if check is not None:
+        try:
+            check(part)
+        except DataError:
+            part.unlink(missing_ok=True)
+            raise
     atomic_rename(part, path)
     return size, sha256
 
@@ -196,6 +206,41 @@ def gunzip(src: Path, dst: Path, *, progress: Progress | None = None) -> tuple[i
     except OSError as e:
         raise DataError(f"cannot decompress {src} into {dst} ({e.strerror or e})") from None
     return size, digest.hexdigest()
+
+
+_SNIFF = 1 << 16
+
+
+def check_content(remote_file: RemoteFile, part: Path, url: str) -> None:
+    """DataError unless ``part`` looks like ``remote_file``: for files without a published hash, the size
+    within a factor of two of the expected one, and (text files) UTF-8 prose rather than an HTML error page;
+    gzip files must start with gzip's magic bytes. The message says the existing file (if any) was kept."""
+    size = part.stat().st_size
+    kept = " The download was deleted; a file already there was kept."
+    if remote_file.gzip:
+        with open(part, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                raise DataError(f"{url} is not a gzip file (the server sent something else, often an error page)."
+                                + kept)
+    if remote_file.sha256 is not None or remote_file.size is not None:
+        return  # the exact size or hash was already checked
+    lo, hi = remote_file.approx_size // 2, remote_file.approx_size * 2
+    if not lo <= size <= hi:
+        raise DataError(f"{url} sent {human_bytes(size)}, but {remote_file.remote} is about "
+                        f"{human_bytes(remote_file.approx_size)}; the server may be serving another file." + kept)
+    if remote_file.gzip:
+        return
+    with open(part, "rb") as f:
+        head = f.read(_SNIFF)
+    try:
+        text = head[: len(head) - 3].decode("utf-8") + head[len(head) - 3:].decode("utf-8", errors="ignore")
+    except UnicodeDecodeError:
+        raise DataError(f"{url} is not UTF-8 text (its first {human_bytes(len(head))} do not decode)." + kept) from None
+    start = text.lstrip()[:200].lower()
+    printable = sum(c.isprintable() or c in "\n\r\t" for c in text) / max(1, len(text))
+    if start.startswith(("<!doctype html", "<html", "<?xml")) or printable < 0.95:
+        raise DataError(f"{url} does not look like {remote_file.remote}: it starts with {text.lstrip()[:40]!r}, "
+                        "not plain text (an error or login page?)." + kept)
 
 
 def file_sha256(path: Path, *, progress: Progress | None = None, label: str | None = None) -> str:
