@@ -7,7 +7,6 @@ import asyncio
 import json
 import math
 
-import pytest
 
 from lab.views.charts import ChartCurve, render_chart, segments
 from lab.views.formats import format_number, nice_ticks, tick_label

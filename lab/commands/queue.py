@@ -142,7 +142,6 @@ def _retry(store, args) -> int:
 
 
 def _stop(store, args) -> int:
-    import os
     import signal
 
     from lab.queue.store import QueueError, pid_alive, this_host

@@ -42,6 +42,15 @@ class TrialWatch:
     diverged: str | None = None
 
 
+def divergence_watch(spec: SweepSpec, entry: QueueEntry) -> DivergenceWatch:
+    """The divergence rule of one trial: its own warmup, and its starting loss capped at ln(vocab_size)."""
+    try:
+        cfg = resolve_entry(entry.experiment, entry.overrides)
+    except ConfigError:  # the base file changed since the sweep started; the run itself will say how
+        return DivergenceWatch(spec.warmup_steps)
+    return DivergenceWatch(cfg.schedule.warmup_steps, cfg.model.vocab_size)
+
+
 class SweepRunner(QueueRunner):
     """Runs a sweep's trials through the queue until its trial budget is spent."""
 
@@ -131,11 +140,7 @@ class SweepRunner(QueueRunner):
 
         trial = self.trials[entry.id]
         trial.set_user_attr("run_dir", str(job.run_dir))
-        try:
-            cfg = resolve_entry(entry.experiment, entry.overrides)
-            divergence = DivergenceWatch(cfg.schedule.warmup_steps, cfg.model.vocab_size)
-        except ConfigError:  # the base file changed since the sweep started; the run itself will say how
-            divergence = DivergenceWatch(self.spec.warmup_steps)
+        divergence = divergence_watch(self.spec, entry)
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
         self.watches[entry.id] = TrialWatch(trial=trial, tail=MetricsTail(RunDir(job.run_dir).metrics_path),
                                             divergence=divergence, reported=set(frozen.intermediate_values))

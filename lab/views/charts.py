@@ -16,7 +16,6 @@ steps, ``12K`` tokens), never ``12.5`` steps or ``2.33e+16G``.
 from __future__ import annotations
 
 import bisect
-import math
 import threading
 from dataclasses import dataclass, field
 

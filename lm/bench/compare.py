@@ -41,19 +41,3 @@ def _fmt(v, unit: str) -> str:
     if unit == "FLOP":
         return f"{v / 1e12:.3f} TFLOP"
     return f"{v:.4g}"
-
-
-def plain_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A fixed-width text table (for the GPU box, which has no rich)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
-def comparison_text(res: CaseResult) -> str:
-    """The comparison of one case as a plain table."""
-    rows = [[r["quantity"], _fmt(r["measured"], r["unit"]), _fmt(r["predicted"], r["unit"]),
-             f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"] for r in comparison(res)]
-    return plain_table(["quantity", "measured", "predicted", "measured/predicted"], rows)
