@@ -27,6 +27,7 @@ COMMANDS = {
     "tokenizer": "lab.commands.tokenizer",
     "queue": "lab.commands.queue",
     "sweep": "lab.commands.sweep",
+    "scale": "lab.commands.scale",
     "compare": "lab.commands.compare",
     "model": "lab.commands.model",
     "export": "lab.commands.export",

@@ -106,7 +106,8 @@ def _run(store, args) -> int:
     runner = QueueRunner(store, args.workers, gpus=gpus, follow=args.follow, gpus_per_run=args.gpus_per_run)
     if not args.follow and not runner.has_more(store.read()):
         sweeps = sorted({e.sweep for e in store.read().entries if e.sweep and e.status == "pending"})
-        hint = (f"; pending sweep trials run only under their sweep: `lab sweep FILE` for {', '.join(sweeps)}"
+        hint = (f"; pending sweep and scaling-study entries run only under their own command (`lab sweep FILE`, "
+                f"`lab scale FILE`): {', '.join(sweeps)}"
                 if sweeps else " (add runs with `lab queue add EXPERIMENT.toml`)")
         print(f"queue: nothing pending{hint}")
         return 0
@@ -201,7 +202,9 @@ def _list(store, args) -> int:
         status = e.status + (" (pruned)" if e.pruned else "") + (" (runner died)" if is_orphan(e) else "")
         step = f"{s.get('step', 0)}/{s.get('total_steps', '?')}" if s else ""
         best = f"{s['best_val_loss']:.4f}" if isinstance(s.get("best_val_loss"), (int, float)) else ""
-        what = f"sweep {e.sweep} #{e.trial}" if e.sweep else Path(e.experiment).name
+        from lab.scale import entry_label
+
+        what = entry_label(e) or (f"sweep {e.sweep} #{e.trial}" if e.sweep else Path(e.experiment).name)
         label = " ".join([what, *e.overrides])
         table.add_row(str(e.id), f"[{colors.get(e.status, 'white')}]{status}[/]", step, best,
                       str(e.attempts), _elapsed(e), Path(e.run_dir).name if e.run_dir else "", label)

@@ -200,7 +200,9 @@ class QueuePane(Vertical):
     def _row(e, st) -> tuple:
         step = f"{st.step}/{st.total_steps}" if st is not None and st.total_steps else ""
         best = format_number(st.best_val_loss, ".4f") if st is not None and st.best_val_loss is not None else ""
-        what = f"sweep {e.sweep} #{e.trial}" if e.sweep else Path(e.experiment).name
+        from lab.scale import entry_label
+
+        what = entry_label(e) or (f"sweep {e.sweep} #{e.trial}" if e.sweep else Path(e.experiment).name)
         status = state_text(e.status)
         if e.pruned:
             status.append(" (pruned)")
