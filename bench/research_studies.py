@@ -101,7 +101,8 @@ def study_scaling(args, out: Path, work: Path) -> dict:
     cmd = [sys.executable, "-m", "lab", "scale", str(path), "--runs-dir", str(work / "scale-runs"),
            "--workers", str(args.workers), "--width", "100", "--height", "24"]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])})
     (out / "scale_stdout.txt").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr[-5000:])
     res_file = work / "scale-runs/scaling/shakespeare/scaling.json"
     result = json.loads(res_file.read_text()) if res_file.is_file() else None
