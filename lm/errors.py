@@ -33,6 +33,9 @@ class ConfigError(LabError):
             msg = f"{len(self.problems)} config errors{where}:\n{lines}"
         super().__init__(msg)
 
+    def __reduce__(self):  # rebuilt from its problems when it crosses a process boundary (a pool worker)
+        return (type(self), (self.problems, self.source))
+
 
 class CheckpointError(LabError):
     """A checkpoint that cannot be read or does not match the model."""

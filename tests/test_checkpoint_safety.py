@@ -228,3 +228,25 @@ def test_a_run_without_config_toml_resumes_from_the_checkpoint_config(trained, t
     assert run_experiment(resume=run, overrides=["training.steps=42"]) == 0
     assert torch_load(run / "checkpoints" / "latest.pt")["iteration"] == 42
     assert (run / "config.toml").is_file()
+
+
+def test_the_only_torch_load_is_the_weights_only_one():
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    calls = []
+    for top in ("lm", "lab", "bench"):
+        for path in (root / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id in ("torch", "pickle"):
+                    kw = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                    calls.append((str(path.relative_to(root)), kw.get("weights_only")))
+    assert calls == [("lm/checkpoint.py", True)]
+
+
+def test_errors_survive_a_process_boundary():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ConfigError(["a is bad", "b is bad"], source="x.toml")))
+    assert e.problems == ["a is bad", "b is bad"] and e.source == "x.toml" and "2 config errors in x.toml" in str(e)
