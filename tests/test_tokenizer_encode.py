@@ -171,6 +171,27 @@ def test_gpt2_matches_tiktoken_on_the_project_texts(gpt2, tiktoken_gpt2, monkeyp
         assert fresh.decode(expected) == text
 
 
+def test_a_bpe_trained_here_matches_tiktoken_given_its_ranks(tmp_path):
+    """tiktoken as the reference without GPT-2's files (offline): merges trained on the shipped texts, handed to
+    tiktoken as ranks (the ids grow with the merge order, so ranks and ids coincide)."""
+    tiktoken = pytest.importorskip("tiktoken")
+    texts = [path.read_text(encoding="utf-8") for path in PROJECT_TEXTS.values()]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(texts), encoding="utf-8")
+    vocab, merges = train_bpe(corpus, 1000, [EOT])
+    reference = Tokenizer(vocab, merges, [EOT])
+    ranks = {token: idx for idx, token in vocab.items() if token != EOT.encode()}
+    enc = tiktoken.Encoding("trained", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={EOT: reference.special_token_id(EOT)})
+    words = " ".join(texts).split(" ")
+    rng = __import__("random").Random(0)
+    mixed = ["".join(rng.choice(words) + rng.choice(["", " ", "  ", "\n", "é", "'s", "3"]) for _ in range(12))
+             for _ in range(300)]
+    for tok in both_paths(reference):
+        for text in texts + mixed:
+            assert tok.encode(text) == enc.encode(text, allowed_special={EOT})
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.one_of(_tricky_text, _any_text))
 def test_encode_matches_tiktoken_on_random_text(gpt2, tiktoken_gpt2, text):

@@ -53,14 +53,14 @@ def test_save_and_from_dir_round_trip(trained, tmp_path):
     assert all(len(line.split(" ")) == 2 for line in lines[1:])
 
 
-def test_gpt2_files_load(shared_data):
-    tok = Tokenizer.from_files(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt", [EOT])
+def test_gpt2_files_load(gpt2_files):
+    tok = Tokenizer.from_files(*gpt2_files, [EOT])
     assert tok.vocab_size == 50257 and len(tok.merges) == 50000
     assert tok.vocab[tok.encode(" the")[0]] == b" the"
 
 
-def test_gpt2_files_round_trip_through_save(shared_data, tmp_path):
-    tok = Tokenizer.from_files(shared_data / "gpt2_vocab.json", shared_data / "gpt2_merges.txt", [EOT])
+def test_gpt2_files_round_trip_through_save(gpt2_files, tmp_path):
+    tok = Tokenizer.from_files(*gpt2_files, [EOT])
     again = Tokenizer.from_dir(tok.save(tmp_path / "gpt2"))
     assert again.vocab == tok.vocab and again.merges == tok.merges
     assert again.fingerprint() == tok.fingerprint()

@@ -8,6 +8,7 @@ import pytest
 import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from project_data import PROJECT_TEXTS
 
 from lm.errors import DataError, TokenizerError
 from lm.tokenizer import train_bpe, train_bpe_detailed
@@ -149,6 +150,17 @@ def test_tinystories_sample_matches_reference(shared_data):
     assert not any(b"<|" in t for t in vocab.values() if t != EOT.encode())
 
 
+@pytest.mark.parametrize("name", sorted(PROJECT_TEXTS))
+def test_the_project_texts_match_reference(name):
+    """The same check on the texts shipped with the tests (no ../shared needed)."""
+    path = PROJECT_TEXTS[name]
+    vocab, merges = train_bpe(path, 400, [EOT])
+    text = path.read_text(encoding="utf-8")
+    assert merges == reference_train(text, 400, [EOT])
+    check_vocab(vocab, merges, [EOT], 400)
+    assert not any(b"<|" in t for t in vocab.values() if t != EOT.encode())
+
+
 # ----- chunked, parallel pre-token counting
 
 
@@ -184,10 +196,11 @@ def test_chunk_cuts_avoid_special_tokens_with_spaces(tmp_path):
         assert pieces == reference_word_counts(text, specials)
 
 
-def test_parallel_counting_equals_whole_text(tmp_path, monkeypatch, shared_data):
+def test_parallel_counting_equals_whole_text(tmp_path, monkeypatch):
+    """The multi-process counting path (2 workers, 1 KB chunks) on the stories shipped with the tests."""
     import lm.tokenizer.counting as counting
 
-    text = (shared_data / "tinystories_sample.txt").read_text(encoding="utf-8") * 5
+    text = PROJECT_TEXTS["stories"].read_text(encoding="utf-8") * 5
     path = tmp_path / "stories.txt"
     path.write_text(text, encoding="utf-8")
     monkeypatch.setattr(counting, "PARALLEL_MIN_BYTES", 0)
@@ -199,9 +212,9 @@ def test_parallel_counting_equals_whole_text(tmp_path, monkeypatch, shared_data)
     assert result.num_bytes == len(text.encode())
 
 
-def test_progress_reports_bytes_then_merges(shared_data):
+def test_progress_reports_bytes_then_merges():
     calls = []
-    result = train_bpe_detailed(shared_data / "corpus.en", 400, [EOT], progress=lambda b, m: calls.append((b, m)))
+    result = train_bpe_detailed(PROJECT_TEXTS["verse"], 400, [EOT], progress=lambda b, m: calls.append((b, m)))
     assert calls[0][1] == 0 and calls[-1] == (result.num_bytes, len(result.merges))
     assert [m for _, m in calls] == sorted(m for _, m in calls)
     assert result.num_unique_pretokens <= result.num_pretokens
