@@ -129,8 +129,37 @@ def test_bf16_export_holds_bf16_weights(tmp_path, tokenizer):
     export_run(run, "hf", tmp_path / "hf", dtype="bf16")
     st, _ = read_state_dict(tmp_path / "hf" / "model.safetensors")
     assert {t.dtype for t in st.values()} == {torch.bfloat16}
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
     assert torch.equal(st["model.embed_tokens.weight"], model.token_embeddings.weight.detach().bfloat16())
+
+
+@settings(max_examples=25, deadline=None)
+@given(heads=st.integers(1, 4), half=st.integers(1, 16), theta=st.floats(10.0, 1e6), seq=st.integers(1, 20))
+def test_permuted_rows_turn_labs_rope_into_transformers_rope(heads, half, theta, seq):
+    """For q = x W^T: lab's RoPE on lab's rows equals transformers' own apply_rotary_pos_emb on the exported
+    rows (the permutation applied to the output features), for any head size, theta and length."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from lm.export.llama import _halves_from_pairs, _pairs_from_halves
+    from lm.model import RotaryPositionalEmbedding
+
+    d_head = 2 * half
+    d_model = heads * d_head
+    g = torch.Generator().manual_seed(heads * 1000 + half)
+    w = torch.randn(d_model, d_model, generator=g, dtype=torch.float64)
+    x = torch.randn(1, seq, d_model, generator=g, dtype=torch.float64)
+    assert torch.equal(_pairs_from_halves(_halves_from_pairs(w, heads), heads), w)
+    pos = torch.arange(seq)
+    lab_q = (x @ w.T).unflatten(-1, (heads, d_head)).transpose(1, 2)  # (1, T, d) -> (1, H, T, d_head)
+    lab_rope = RotaryPositionalEmbedding(theta, d_head, seq)
+    want = lab_rope(lab_q.float(), pos)
+    hf_q = (x @ _halves_from_pairs(w, heads).T).unflatten(-1, (heads, d_head)).transpose(1, 2)
+    cfg = transformers.LlamaConfig(hidden_size=d_model, num_attention_heads=heads, head_dim=d_head,
+                                   max_position_embeddings=seq, rope_theta=theta)
+    cos, sin = LlamaRotaryEmbedding(cfg)(hf_q.float(), pos[None])
+    got, _ = apply_rotary_pos_emb(hf_q.float(), hf_q.float(), cos, sin)
+    halves = torch.cat([torch.arange(0, d_head, 2), torch.arange(1, d_head, 2)])  # HF's order of lab's features
+    torch.testing.assert_close(got, want[..., halves], atol=1e-4, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- hf: the tokenizer

@@ -103,7 +103,7 @@ def hf_config(cfg: ModelConfig, *, eos_token_id: int | None, dtype: torch.dtype)
         "use_cache": True,
         "bos_token_id": eos_token_id,
         "eos_token_id": eos_token_id,
-        "torch_dtype": str(dtype).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."),  # transformers 5 name; 4.x read torch_dtype (a hint only)
     }
 
 
