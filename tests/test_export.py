@@ -397,8 +397,8 @@ def test_a_trained_run_exports_through_the_cli(tmp_path):
 
 
 def test_import_of_a_llama_saved_by_transformers_gives_its_logits(tmp_path):
-    """An HF folder lab did not write: a random LlamaForCausalLM saved by transformers and a byte-level BPE
-    trained by the tokenizers library. The imported run's logits and token ids are transformers'."""
+    """An HF folder lab did not write: a random LlamaForCausalLM saved by transformers (in shards) and a
+    byte-level BPE trained by the tokenizers library. The imported run's logits and token ids are transformers'."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -414,7 +414,8 @@ def test_import_of_a_llama_saved_by_transformers_gives_its_logits(tmp_path):
             if p.ndim == 1:
                 p.normal_(1.0, 0.3)  # norm gains off 1, so a swapped norm shows
     folder = tmp_path / "hf"
-    hf.save_pretrained(folder)
+    hf.save_pretrained(folder, max_shard_size="200KB")  # shards + model.safetensors.index.json
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
     bpe = HFTokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
