@@ -21,6 +21,7 @@ COMMANDS = {
     "config": "lab.commands.config",
     "sample": "lab.commands.sample",
     "chat": "lab.commands.chat",
+    "serve": "lab.commands.serve",
     "calc": "lab.commands.calc",
     "bench": "lab.commands.bench",
     "data": "lab.commands.data",
