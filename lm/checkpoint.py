@@ -135,3 +135,75 @@ def check_tokenizer(ckpt: dict, tokenizer, ckpt_path, tokenizer_dir) -> None:
             f"trained with (fingerprint {recorded[:12]}...): its vocab.json, merges.txt or special tokens were "
             "changed or replaced. Put the run's original tokenizer files back, or start a new run directory."
         )
+
+
+# Sharded (DCP) checkpoints: torch's FileSystemReader unpickles ``.metadata`` with plain pickle,
+# which would run whatever a hostile run directory put there. This reader allows only the
+# classes that metadata is made of.
+_DCP_ALLOWED = {
+    "torch.distributed.checkpoint.metadata": None,  # its dataclasses and enums, any of them
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},  # and dtypes, checked by type below
+    "pathlib": {"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
+
+
+def _safe_find_class(source, module: str, name: str):
+    import importlib
+
+    allowed = _DCP_ALLOWED.get(module, set())
+    ok = module in _DCP_ALLOWED and (allowed is None or name in allowed)
+    if module == "torch" and not ok:
+        ok = isinstance(getattr(torch, name, None), torch.dtype)
+    if ok and allowed is None:
+        import dataclasses as _dc
+        import enum
+
+        obj = getattr(importlib.import_module(module), name, None)
+        ok = isinstance(obj, type) and (_dc.is_dataclass(obj) or issubclass(obj, enum.Enum))
+    if not ok:
+        raise CheckpointError(
+            f"sharded checkpoint metadata {source} holds {module}.{name}, which is not part of a DCP checkpoint; "
+            "loading it could run code, so it is refused. Use a checkpoint written by lab.")
+    return getattr(importlib.import_module(module), name)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def __init__(self, f, source):
+        super().__init__(f)
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        return _safe_find_class(self.source, module, name)
+
+
+def dcp_reader(directory: str | os.PathLike):
+    """A ``torch.distributed.checkpoint`` storage reader for ``directory`` whose metadata load runs no code."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class _SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            rank = kwargs.get("rank")
+            path = self._get_metadata_path(rank) if hasattr(self, "_get_metadata_path") else \
+                os.path.join(str(self.path), ".metadata")
+            try:
+                with open(path, "rb") as f:
+                    metadata = _MetadataUnpickler(f, path).load()
+            except FileNotFoundError:
+                raise CheckpointError(f"sharded checkpoint {directory} has no metadata file ({path})") from None
+            except CheckpointError:
+                raise
+            except Exception as e:
+                raise CheckpointError(f"sharded checkpoint metadata {path} cannot be read ({type(e).__name__}: "
+                                      f"{e}); use another checkpoint") from None
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = getattr(self, "load_id", None)
+            return metadata
+
+    return _SafeReader(str(directory))

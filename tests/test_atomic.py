@@ -123,6 +123,11 @@ def _writers(tmp_path: Path):
         ("queue", tmp_path / "runs" / "queue.json", lambda: QueueStore(tmp_path / "runs").add("e.toml", [])),
         ("gunzip", tmp_path / "out.txt", lambda: download.gunzip(gz, tmp_path / "out.txt")),
         ("manifest", tmp_path / "manifest.json", lambda: download.write_manifest(tmp_path, {"a": 1})),
+        ("bench results", tmp_path / "bench.json",
+         lambda: __import__("lm.bench.harness", fromlist=["x"]).write_json([], tmp_path / "bench.json",
+                                                                            torch.device("cpu"))),
+        ("experiment from lab config new", tmp_path / "new.toml",
+         lambda: __import__("lab.cli", fromlist=["x"]).main(["config", "new", "fresh", "-o", str(tmp_path / "new.toml")])),
         ("built-in corpus", builtin.builtin_corpus_path(tmp_path / "cache", _probe=True),
          lambda: builtin.builtin_corpus_path(tmp_path / "cache", rebuild=True)),
     ]

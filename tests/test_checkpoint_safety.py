@@ -250,3 +250,36 @@ def test_errors_survive_a_process_boundary():
 
     e = pickle.loads(pickle.dumps(ConfigError(["a is bad", "b is bad"], source="x.toml")))
     assert e.problems == ["a is bad", "b is bad"] and e.source == "x.toml" and "2 config errors in x.toml" in str(e)
+
+
+def _dcp_folder(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    m = torch.nn.Linear(3, 2)
+    folder = tmp_path / "dcp"
+    dcp.save({"model": m.state_dict()}, checkpoint_id=str(folder), no_dist=True)
+    return m, folder
+
+
+def test_sharded_checkpoints_load_through_the_safe_reader(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from lm.checkpoint import dcp_reader
+
+    m, folder = _dcp_folder(tmp_path)
+    target = {"model": {k: torch.zeros_like(v) for k, v in m.state_dict().items()}}
+    dcp.load(target, storage_reader=dcp_reader(folder), no_dist=True)
+    assert torch.equal(target["model"]["weight"], m.weight.detach())
+
+
+def test_a_payload_in_sharded_metadata_never_runs(tmp_path):
+    import pickle
+
+    from lm.checkpoint import dcp_reader
+
+    _, folder = _dcp_folder(tmp_path)
+    marker = tmp_path / "ran"
+    (folder / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError, match="could run code"):
+        dcp_reader(folder).read_metadata()
+    assert not marker.exists()

@@ -123,7 +123,9 @@ def _new(args) -> int:
     text = _template(args.name, args.preset)
     load_experiment_text(text, str(path))  # the template must itself be valid (e.g. a bad name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    from lm.atomic import atomic_write
+
+    atomic_write(path, text)
     print(f"wrote {path}; try: lab config show {path}   and   lab run {path}")
     return 0
 

@@ -85,9 +85,11 @@ def open_study(spec: SweepSpec, runs_dir: str | Path):
             raise LabError(
                 f"sweep '{spec.name}' already exists in {folder} with different settings ({', '.join(changed)} "
                 f"changed); continue it with the original file, or start a new sweep with --name NEW_NAME")
-    saved.write_text(json.dumps({"fingerprint": fingerprint, "path": str(spec.path), "metric": spec.metric,
-                                 "direction": spec.direction, "params": [p.key for p in spec.params],
-                                 "trials": spec.trials, "total_steps": spec.total_steps}, indent=1))
+    from lm.atomic import atomic_write
+
+    atomic_write(saved, json.dumps({"fingerprint": fingerprint, "path": str(spec.path), "metric": spec.metric,
+                                    "direction": spec.direction, "params": [p.key for p in spec.params],
+                                    "trials": spec.trials, "total_steps": spec.total_steps}, indent=1))
     return optuna.create_study(storage=storage_url(runs_dir, spec.name), study_name=spec.name,
                                sampler=make_sampler(spec), pruner=make_pruner(spec), direction=spec.direction,
                                load_if_exists=True)

@@ -226,5 +226,6 @@ def write_json(results: list[CaseResult], path: str | os.PathLike, device: torch
     payload = {"environment": environment(device), "results": [r.to_dict() for r in results]}
     if extra:
         payload.update(extra)
-    p.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    return p
+    from lm.atomic import atomic_write
+
+    return atomic_write(p, json.dumps(payload, indent=2, default=str))

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lm.atomic import atomic_rename
+from lm.checkpoint import dcp_reader
 from lm.errors import CheckpointError
 
 DCP_DIR = "dcp"
@@ -76,18 +78,9 @@ def save_sharded(trainer) -> str:
     if trainer.dist.is_main:
         if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        atomic_rename(tmp, final)
     trainer.dist.barrier()
     return f"{DCP_DIR}/{name}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _referenced_steps(trainer, best: bool) -> set[int]:
@@ -160,7 +153,7 @@ def load_sharded_optimizer(model: torch.nn.Module, optimizer, directory: Path) -
 
     _init_optimizer_state(model, optimizer)
     template = {"optimizer": _flat_optimizer(optimizer)}
-    dcp.load(template, checkpoint_id=str(directory), no_dist=not dist.is_initialized())
+    dcp.load(template, storage_reader=dcp_reader(directory), no_dist=not dist.is_initialized())
     flat = template["optimizer"]
     optimizer.load_state_dict({"state": {int(k): v for k, v in flat["state"].items()},
                                "param_groups": flat["param_groups"]})
@@ -226,10 +219,10 @@ def consolidate(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     directory = Path(directory)
-    meta = dcp.FileSystemReader(str(directory)).read_metadata()
+    meta = dcp_reader(directory).read_metadata()
     template = {}
     for fqn, md in meta.state_dict_metadata.items():
         if fqn.startswith("model.") and isinstance(md, TensorStorageMetadata):
             template[fqn[len("model."):]] = torch.empty(md.size, dtype=md.properties.dtype)
-    dcp.load({"model": template}, checkpoint_id=str(directory), no_dist=True)
+    dcp.load({"model": template}, storage_reader=dcp_reader(directory), no_dist=True)
     return template
