@@ -1,4 +1,4 @@
-"""The console application: five tabs over one runs folder.
+"""The console application: the tabs of :data:`lab.tui.tabs.TABS` over one runs folder.
 
 1 Config, 2 Monitor, 3 Calculator, 4 Queue, 5 Chat. Keyboard first: number
 keys switch tabs (escape leaves a text field first), F1 or ? lists every
@@ -17,11 +17,8 @@ from textual.binding import Binding
 from textual.widgets import Footer, TabbedContent, TabPane, Tabs
 
 from lab.supervisor import Supervisor
-from lab.tui.tabs.config import ConfigPane
-from lab.tui.tabs.monitor import MonitorPane
+from lab.tui.tabs import TABS, tab_label
 
-TABS = (("config", "1 Config"), ("monitor", "2 Monitor"), ("calculator", "3 Calculator"),
-        ("queue", "4 Queue"), ("chat", "5 Chat"))
 THEMES = ("textual-dark", "textual-light")
 
 
@@ -32,10 +29,10 @@ class LabApp(App[int]):
     TITLE = "lab"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
-        *[Binding(str(i + 1), f"show_tab('{tab}')", label, show=False) for i, (tab, label) in enumerate(TABS)],
+        *[Binding(str(i + 1), f"show_tab('{tab.id}')", tab_label(i, tab), show=False) for i, tab in enumerate(TABS)],
         # alt+N works from inside text fields too (and is what escape-then-N quickly typed arrives as).
-        *[Binding(f"alt+{i + 1}", f"show_tab('{tab}')", label, show=False, priority=True)
-          for i, (tab, label) in enumerate(TABS)],
+        *[Binding(f"alt+{i + 1}", f"show_tab('{tab.id}')", tab_label(i, tab), show=False, priority=True)
+          for i, tab in enumerate(TABS)],
         Binding("f1", "help", "Help", priority=True, tooltip="this list of keys (also ?)"),
         Binding("question_mark", "help", "Help", show=False),
         Binding("ctrl+t", "toggle_theme", "Theme", priority=True,
@@ -59,33 +56,18 @@ class LabApp(App[int]):
     def compose(self) -> ComposeResult:
         first = self.initial_tab or ("monitor" if self._has_runs() else "config")
         with TabbedContent(initial=first, id="tabs"):
-            for tab, label in TABS:
-                with TabPane(label, id=tab):
+            for i, tab in enumerate(TABS):
+                with TabPane(tab_label(i, tab), id=tab.id):
                     # Only the first tab is built before the first frame; each other one when first shown.
-                    if tab == first:
-                        yield self._new_pane(tab)
+                    if tab.id == first:
+                        yield tab.build(self)
         yield Footer(compact=True)
-
-    def _new_pane(self, tab: str):
-        from lab.tui.tabs.calculator import CalculatorPane
-        from lab.tui.tabs.chat import ChatPane
-        from lab.tui.tabs.queue import QueuePane
-
-        if tab == "config":
-            return ConfigPane(self.supervisor, self.cwd, self.experiment, id="config-pane")
-        if tab == "monitor":
-            return MonitorPane(self.supervisor, self.poll_interval, id="monitor-pane")
-        if tab == "calculator":
-            return CalculatorPane(self.cwd, self.experiment, id="calculator-pane")
-        if tab == "queue":
-            return QueuePane(self.supervisor, self.cwd, self.poll_interval, id="queue-pane")
-        return ChatPane(self.supervisor.runs_dir, self.supervisor.runs_label, id="chat-pane")
 
     async def ensure_pane(self, tab: str):
         """The content widget of ``tab``, built and mounted on first use."""
         pane = self.query_one("#tabs", TabbedContent).get_pane(tab)
         if not pane.children:
-            await pane.mount(self._new_pane(tab))
+            await pane.mount(next(t for t in TABS if t.id == tab).build(self))
         return pane.children[0]
 
     def _has_runs(self) -> bool:
@@ -98,35 +80,15 @@ class LabApp(App[int]):
 
     def on_mount(self) -> None:
         self.set_interval(max(self.poll_interval, 1.0), self.supervisor.reap)
-        self.call_after_refresh(self._focus_active)
 
     # ---- tabs ----------------------------------------------------------------
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#tabs", TabbedContent).active = tab
 
-    def _focus_active(self) -> None:
-        """Put the focus inside the active tab: its pane's ``initial_focus`` widget, else the first focusable."""
-        tabs = self.query_one("#tabs", TabbedContent)
-        pane = tabs.get_pane(tabs.active)
-        content = pane.children[0] if pane.children else None
-        target = getattr(content, "initial_focus", None)
-        if target:
-            matches = pane.query(target)
-            if matches:
-                matches.first().focus()
-                return
-        for widget in pane.query("*"):
-            if widget.focusable and widget.display and widget.visible:
-                widget.focus()
-                return
-
     async def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        built = bool(event.pane.children)
-        content = await self.ensure_pane(event.pane.id or "")
-        if built and hasattr(content, "on_shown"):
-            await content.on_shown()
-        self.call_after_refresh(self._focus_active)
+        # A pane built now gets its focus from its own Show event (LabPane).
+        await self.ensure_pane(event.pane.id or "")
 
     def action_focus_tabs(self) -> None:
         self.query_one("#tabs", TabbedContent).query_one(Tabs).focus()
@@ -141,18 +103,12 @@ class LabApp(App[int]):
 
     def binding_groups(self) -> list[tuple[str, list]]:
         """(title, bindings) of the app and of each tab, for the help screen."""
-        from lab.tui.tabs.calculator import CalculatorPane
-        from lab.tui.tabs.chat import ChatPane
-        from lab.tui.tabs.queue import QueuePane
-
         tab_keys = [Binding(",".join(str(i + 1) for i in range(len(TABS))), "", "switch tab: "
-                            + ", ".join(label for _, label in TABS))]
+                            + ", ".join(tab_label(i, t) for i, t in enumerate(TABS)))]
         general = tab_keys + [b for b in self.BINDINGS if isinstance(b, Binding) and b.show or b.key == "escape"]
-        general = [b if b.key != "escape" else Binding("escape", "", "leave a text field (then 1-5 work)")
+        general = [b if b.key != "escape" else Binding("escape", "", f"leave a text field (then 1-{len(TABS)} work)")
                    for b in general]
-        panes = [("Config", ConfigPane), ("Monitor", MonitorPane), ("Calculator", CalculatorPane),
-                 ("Queue", QueuePane), ("Chat", ChatPane)]
-        return [("Everywhere", general)] + [(title, list(cls.BINDINGS)) for title, cls in panes]
+        return [("Everywhere", general)] + [(t.title, list(t.pane_class().BINDINGS)) for t in TABS]
 
     def action_help(self) -> None:
         from lab.tui.screens.help import HelpScreen

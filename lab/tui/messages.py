@@ -20,17 +20,19 @@ def notify(widget, message: str, **kwargs) -> None:
 class RunsListed(Message):
     """A fresh listing of the runs folder (``lm.runs.list_runs``)."""
 
-    def __init__(self, runs: list) -> None:
+    def __init__(self, runs: list | None) -> None:
         super().__init__()
         self.runs = runs
+        """None when the listing failed (the next poll tries again)."""
 
 
 class FrameReady(Message):
     """The monitor's worker has a new frame for the selected run."""
 
-    def __init__(self, frame: MonitorFrame) -> None:
+    def __init__(self, frame: MonitorFrame | None) -> None:
         super().__init__()
         self.frame = frame
+        """None when nothing changed (or the poll failed): the monitor keeps what it shows."""
 
 
 class CalcDone(Message):
@@ -44,14 +46,12 @@ class CalcDone(Message):
 
 
 class QueueRead(Message):
-    """A snapshot of the queue: entries with their run status, live runners, comparison."""
+    """A snapshot of the queue (:class:`lab.views.queue.QueueSnapshot`): entries with their run status,
+    why failed ones failed, live runners, the comparison when it changed."""
 
-    def __init__(self, entries: list, runners: list, comparison: object = None, error: str = "") -> None:
+    def __init__(self, snapshot) -> None:
         super().__init__()
-        self.entries = entries
-        self.runners = runners
-        self.comparison = comparison
-        self.error = error
+        self.snapshot = snapshot
 
 
 class ChatPieces(Message):

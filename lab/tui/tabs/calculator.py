@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Input, Label, Select, SelectionList, Static
 
+from lab.tui.tabs.base import LabPane
 from lab.tui.messages import CalcDone
 from lm.errors import LabError
 
@@ -52,13 +53,16 @@ def estimate_cells(est) -> list[str | Text]:
             fits, fmt_seconds(t.step_s), fmt_count(t.tokens_per_s), f"{t.mfu:.0%}"]
 
 
-class CalculatorPane(Vertical):
+class CalculatorPane(LabPane):
     """Config numbers and devices at the top, the comparison table and memory bars below."""
 
-    initial_focus = "#calc-config"
-    """The widget focused when the tab is opened."""
+    INITIAL_FOCUS = "#calc-config"
 
     BINDINGS = [Binding("ctrl+r", "reset_numbers", "Reset numbers", tooltip="put the chosen config's own numbers back")]
+
+    @classmethod
+    def for_app(cls, app, **kwargs) -> "CalculatorPane":
+        return cls(app.cwd, app.experiment, **kwargs)
 
     def __init__(self, cwd: Path, experiment: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -17,9 +17,10 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Input, Label, Select, Static, Switch
 
+from lab.tui.tabs.base import LabPane
 from lab.tui.messages import ChatPieces, notify
 from lm.errors import LabError
 
@@ -42,11 +43,10 @@ def legend() -> Text:
     return t
 
 
-class ChatPane(Vertical):
+class ChatPane(LabPane):
     """Run and checkpoint pickers, sampling settings, the transcript and the prompt."""
 
-    initial_focus = "#chat-prompt"
-    """The widget focused when the tab is opened."""
+    INITIAL_FOCUS = "#chat-prompt"
 
     BINDINGS = [
         Binding("ctrl+g", "stop_generation", "Stop reply", tooltip="stop the reply being generated, now"),
@@ -56,6 +56,10 @@ class ChatPane(Vertical):
         Binding("pageup", "scroll_log(-1)", "Scroll up", show=False, tooltip="scroll the text up"),
         Binding("pagedown", "scroll_log(1)", "Scroll down", show=False, tooltip="scroll the text down"),
     ]
+
+    @classmethod
+    def for_app(cls, app, **kwargs) -> "ChatPane":
+        return cls(app.supervisor.runs_dir, app.supervisor.runs_label, **kwargs)
 
     def __init__(self, runs_dir: Path, runs_label: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -92,7 +96,7 @@ class ChatPane(Vertical):
     async def on_mount(self) -> None:
         await self.action_reload_runs()
 
-    async def on_shown(self) -> None:
+    async def shown(self) -> None:
         """The tab became active: pick up runs that appeared since."""
         await self.action_reload_runs()
 

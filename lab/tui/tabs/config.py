@@ -23,6 +23,7 @@ from textual.widgets import Input, Label, Select, Static, Switch, TextArea
 
 from lab.views.config_doc import (ExperimentDoc, FormField, display_text, form_fields, parse_input, save_experiment,
                                 toml_from_values, validate_text, values_from_toml_dict, values_of)
+from lab.tui.tabs.base import LabPane
 from lab.tui.messages import CalcDone, notify
 from lm.errors import LabError
 
@@ -67,11 +68,10 @@ class FormView(VerticalScroll):
         self.post_message(self.Mounted())
 
 
-class ConfigPane(Vertical):
+class ConfigPane(LabPane):
     """Experiment picker, form or raw TOML, problems and the calculator's verdict."""
 
-    initial_focus = "#experiment-select"
-    """The widget focused when the tab is opened."""
+    INITIAL_FOCUS = "#experiment-select"
 
     BINDINGS = [
         Binding("f5,ctrl+l", "launch", "Launch",
@@ -80,6 +80,10 @@ class ConfigPane(Vertical):
         Binding("ctrl+r", "toggle_raw", "Raw TOML", tooltip="switch between the form and the raw TOML text"),
         Binding("ctrl+o", "open_file", "Open file", tooltip="open an experiment file by path"),
     ]
+
+    @classmethod
+    def for_app(cls, app, **kwargs) -> "ConfigPane":
+        return cls(app.supervisor, app.cwd, app.experiment, **kwargs)
 
     def __init__(self, supervisor, cwd: Path, experiment: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)

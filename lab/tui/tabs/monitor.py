@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, ProgressBar, RichLog, Static
 
 from lab.processes import lower_thread_priority
+from lab.tui.tabs.base import LabPane
 from lab.tui.messages import FrameReady, RunsListed, notify
 from lab.tui.widgets.chart import Chart
 from lab.tui.widgets.spark import Spark
@@ -52,11 +53,10 @@ def event_line(ev: dict) -> Text:
     return line
 
 
-class MonitorPane(Vertical):
+class MonitorPane(LabPane):
     """Run list on the left, the selected run's numbers, sparklines, chart and events on the right."""
 
-    initial_focus = "#run-table"
-    """The widget focused when the tab is opened."""
+    INITIAL_FOCUS = "#run-table"
 
     BINDINGS = [
         Binding("s", "stop_run", "Stop run",
@@ -71,6 +71,10 @@ class MonitorPane(Vertical):
         Binding("c", "clear_overlays", "Clear overlays",
                 tooltip="remove every overlaid run from the chart", show=False),
     ]
+
+    @classmethod
+    def for_app(cls, app, **kwargs) -> "MonitorPane":
+        return cls(app.supervisor, app.poll_interval, **kwargs)
 
     def __init__(self, supervisor, poll_interval: float = 1.0, max_points: int = 2000, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -131,24 +135,20 @@ class MonitorPane(Vertical):
     @work(thread=True, group="monitor-list", exit_on_error=False)
     def _list_runs(self) -> None:
         lower_thread_priority()
+        runs = None
         try:
             runs = self.lister.list()
-        finally:
-            self._listing = False
-        self.post_message(RunsListed(runs))
+        finally:  # always answered, so the next listing starts (None: this one failed)
+            self.post_message(RunsListed(runs))
 
     @work(thread=True, group="monitor-tail", exit_on_error=False)
     def _poll_run(self, path: Path, opts: ChartOptions, force: bool) -> None:
         lower_thread_priority()
+        frame = None
         try:
             frame = self.builder.build(path, opts, force)
-        finally:
-            self._polling = False
-        if frame is not None:
+        finally:  # always answered: the UI thread clears its in-flight flag (None: nothing new)
             self.post_message(FrameReady(frame))
-        if self._again:
-            self._again = False
-            self.app.call_from_thread(self.refresh_now, True)
 
     def _chart_options(self) -> ChartOptions:
         chart = self.query_one("#run-chart", Chart)
@@ -166,6 +166,9 @@ class MonitorPane(Vertical):
 
     @on(RunsListed)
     def _apply_runs(self, message: RunsListed) -> None:
+        self._listing = False
+        if message.runs is None:
+            return
         self.runs = message.runs
         table = self.query_one("#run-table", DataTable)
         keys = [str(r.path) for r in self.runs]
@@ -224,8 +227,12 @@ class MonitorPane(Vertical):
 
     @on(FrameReady)
     def _apply_frame(self, message: FrameReady) -> None:
-        frame: MonitorFrame = message.frame
-        if self.selected is None or Path(frame.path) != self.selected:
+        self._polling = False
+        if self._again:  # asked for a fresh frame while this one was being built
+            self._again = False
+            self.refresh_now(True)
+        frame: MonitorFrame | None = message.frame
+        if frame is None or self.selected is None or Path(frame.path) != self.selected:
             return
         v = frame.view
         self.displayed_step = v.step

@@ -10,61 +10,30 @@ numbers and differing config keys, and their validation curves overlaid.
 
 from __future__ import annotations
 
+import os
 import shlex
-import tomllib
 from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
 from lab.processes import lower_thread_priority
+from lab.tui.tabs.base import LabPane
 from lab.tui.messages import QueueRead, notify
 from lab.tui.tabs.monitor import state_text
 from lab.tui.widgets.chart import Chart
-from lab.views.charts import ChartCurve, render_chart
 from lab.views.formats import format_number
+from lab.views.queue import COMPARE_METRICS, Comparison, QueueReader, QueueSnapshot, is_sweep_file
 from lm.errors import LabError
 
-MAX_COMPARED = 12  # the most recent finished runs compared
-
-
-def is_sweep_file(path: Path) -> bool:
-    """Whether a TOML file is a sweep (a ``base`` experiment plus ``params``/``search``)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False
-    return "base" in data and ("params" in data or "search" in data)
-
-
-class Comparison:
-    """Finished queue runs read through lab.compare: summary rows, differing keys, curves."""
-
-    def __init__(self, run_dirs: list[str]):
-        from lab.compare import config_diff, load_run, summarize
-
-        self.runs = [load_run(p) for p in run_dirs]
-        self.rows = [summarize(r) for r in self.runs]
-        self.diff = config_diff(self.runs) if len(self.runs) > 1 else []
-
-    def curves(self) -> list[ChartCurve]:
-        from lab.compare import comparison_curves, short_labels
-
-        out = []
-        for curve, label in zip(comparison_curves(self.runs, "val_loss"), short_labels([r.label for r in self.runs])):
-            out.append(ChartCurve(label, curve.xs, curve.ys))
-        return out
-
-
-class QueuePane(Vertical):
+class QueuePane(LabPane):
     """Add entries, reorder, remove, retry; start and stop the runner; compare finished runs."""
 
-    initial_focus = "#queue-table"
-    """The widget focused when the tab is opened."""
+    INITIAL_FOCUS = "#queue-table"
 
     BINDINGS = [
         Binding("a", "focus_add", "Add",
@@ -75,7 +44,13 @@ class QueuePane(Vertical):
         Binding("r", "retry", "Retry", tooltip="put a finished entry back to pending (it resumes its checkpoint)"),
         Binding("s", "start_runner", "Start runner", tooltip="start the queue runner (a detached lab queue run)"),
         Binding("t", "stop_runner", "Stop runner", tooltip="stop the runner: its runs checkpoint and resume next time"),
+        Binding("c", "cycle_metric", "Metric",
+                tooltip="comparison curves: val loss, train loss, learning rate, grad norm (as lab compare --metric)"),
     ]
+
+    @classmethod
+    def for_app(cls, app, **kwargs) -> "QueuePane":
+        return cls(app.supervisor, app.cwd, app.poll_interval, **kwargs)
 
     def __init__(self, supervisor, cwd: Path, poll_interval: float = 1.0, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -83,8 +58,9 @@ class QueuePane(Vertical):
         self.cwd = cwd
         self.poll_interval = poll_interval
         self.entries: list = []
-        self._compare_key: tuple = ()
-        self._comparison: Comparison | None = None
+        self.why: dict[int, str] = {}
+        self.metric = COMPARE_METRICS[0][0]
+        self.reader = QueueReader(supervisor, default_runs=cwd / os.environ.get("LAB_RUNS_DIR", "runs"))
         self._busy = False
         self._again = False
         self._keys: list[str] = []
@@ -103,7 +79,8 @@ class QueuePane(Vertical):
         yield Static("", id="queue-runner")
         with VerticalScroll(id="queue-body"):
             yield DataTable(id="queue-table", cursor_type="row")
-            yield Static("finished runs", classes="side-title")
+            yield Static("", id="queue-why")
+            yield Static(self._compare_title(), id="compare-title", classes="side-title")
             yield DataTable(id="compare-table", cursor_type="none", show_cursor=False)
             yield Chart("", id="compare-chart")
 
@@ -122,39 +99,16 @@ class QueuePane(Vertical):
             return
         self._busy = True
         chart = self.query_one("#compare-chart", Chart)
-        self._read(*chart.plot_size())
+        self._read(*chart.plot_size(), self.metric)
 
     @work(thread=True, group="queue-read", exit_on_error=False)
-    def _read(self, width: int, height: int) -> None:
-        from lm.runs import RunDir
-
+    def _read(self, width: int, height: int, metric: str) -> None:
         lower_thread_priority()
+        snapshot = QueueSnapshot(error="the queue could not be read")
         try:
-            try:
-                state = self.store.read()
-            except LabError as e:
-                self.post_message(QueueRead([], [], error=str(e)))
-                return
-            rows = []
-            for e in state.entries:
-                st = RunDir(e.run_dir).status() if e.run_dir and Path(e.run_dir).is_dir() else None
-                rows.append((e, st))
-            runners = self.supervisor.queue_runners()
-            done = tuple(e.run_dir for e in state.entries if e.status == "done" and e.run_dir)[-MAX_COMPARED:]
-            comparison = None
-            if (done, width, height) != self._compare_key:
-                if self._compare_key[:1] != (done,):
-                    self._comparison = Comparison(list(done)) if done else None
-                self._compare_key = (done, width, height)
-                comparison = (self._comparison, render_chart(self._comparison.curves(), width, height, xlabel="step",
-                                                             empty="no validation points")
-                              if self._comparison else None)
-            self.post_message(QueueRead(rows, runners, comparison))
-        finally:
-            self._busy = False
-            if self._again:
-                self._again = False
-                self.app.call_from_thread(self.refresh_now)
+            snapshot = self.reader.read(width, height, metric)
+        finally:  # always answered: the UI thread clears its in-flight flag
+            self.post_message(QueueRead(snapshot))
 
     @on(Chart.Resized)
     def _chart_resized(self, message: Chart.Resized) -> None:
@@ -164,14 +118,20 @@ class QueuePane(Vertical):
     @on(QueueRead)
     def _apply(self, message: QueueRead) -> None:
         message.stop()
+        self._busy = False
+        if self._again:
+            self._again = False
+            self.refresh_now()
+        snap: QueueSnapshot = message.snapshot
         status = self.query_one("#queue-runner", Static)
-        if message.error:
-            status.update(Text(message.error, style="red"))
+        if snap.error:
+            status.update(Text(snap.error, style="red"))
             return
-        self.entries = [e for e, _ in message.entries]
+        self.why = snap.why
+        self.entries = [e for e, _ in snap.entries]
         table = self.query_one("#queue-table", DataTable)
         keys = [str(e.id) for e in self.entries]
-        rows = {str(e.id): self._row(e, st) for e, st in message.entries}
+        rows = {str(e.id): self._row(e, st) for e, st in snap.entries}
         if keys != self._keys:
             table.clear()
             for k in keys:
@@ -185,16 +145,40 @@ class QueuePane(Vertical):
                     table.update_cell(k, col.key, value, update_width=True)
         pending = sum(1 for e in self.entries if e.status == "pending")
         running = sum(1 for e in self.entries if e.status == "running")
-        if message.runners:
-            who = ", ".join(f"pid {r.pid}" for r in message.runners)
+        if snap.runners:
+            who = ", ".join(f"pid {r.pid}" for r in snap.runners)
             line = Text(f"runner: running ({who})", style="cyan")
         else:
             line = Text("runner: stopped (s starts it)", style="dim")
         line.append(f"   {len(self.entries)} entries, {pending} pending, {running} running", style="dim")
         status.update(line)
-        if message.comparison is not None:
-            comparison, chart = message.comparison
+        if snap.comparison is not None:
+            comparison, chart = snap.comparison
             self._show_comparison(comparison, chart)
+        self._show_why()
+
+    def _show_why(self) -> None:
+        """Why the selected entry failed (the last lines of its log) and the command that retries it."""
+        why = self.why.get(int(self.selected_id)) if self.selected_id and self.selected_id.isdigit() else None
+        panel = self.query_one("#queue-why", Static)
+        panel.display = bool(why)
+        if why:
+            head, _, rest = why.partition("\n")
+            text = Text(head, style="bold red")
+            if rest:
+                text.append("\n" + rest, style="dim")
+            panel.update(text)
+
+    def _compare_title(self) -> Text:
+        label = dict(COMPARE_METRICS)[self.metric]
+        return Text.assemble(("finished runs", "bold"), (f"  curves: {label} (c: metric)", "dim"))
+
+    def action_cycle_metric(self) -> None:
+        """The comparison chart draws the next metric (val loss, train loss, learning rate, grad norm)."""
+        names = [m for m, _ in COMPARE_METRICS]
+        self.metric = names[(names.index(self.metric) + 1) % len(names)]
+        self.query_one("#compare-title", Static).update(self._compare_title())
+        self.refresh_now()
 
     @staticmethod
     def _row(e, st) -> tuple:
@@ -215,6 +199,7 @@ class QueuePane(Vertical):
             return  # stale: the table was rebuilt since
         if event.row_key is not None:
             self.selected_id = event.row_key.value
+            self._show_why()
 
     def _show_comparison(self, comparison: Comparison | None, chart: Text | None) -> None:
         table = self.query_one("#compare-table", DataTable)
@@ -292,9 +277,10 @@ class QueuePane(Vertical):
             cfg = resolve_entry(resolved, items)
             entry = self.store.add(resolved, items, name=cfg.name)
             notify(self, f"queued {entry.id}: {entry.label()}")
+            # Only a queued entry clears the overrides: after a refusal they stay, to be fixed.
+            self.query_one("#queue-overrides", Input).value = ""
 
         self._do(add, "")
-        self.query_one("#queue-overrides", Input).value = ""
 
     def action_move(self, direction: str) -> None:
         entry = self._selected()
