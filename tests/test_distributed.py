@@ -96,6 +96,10 @@ def test_the_root_cause_of_a_failed_run_is_the_rank_that_died_first():
     assert msg.startswith("rank 2") and "exited with code 3" in msg
     assert describe_failures({0: _failure(5, 1.0), 1: _failure(5, 1.1)}) == (5, "", True)
     assert describe_failures({0: _failure(4, 1.0), 1: _failure(4, 1.1)})[0] == 4
+    # Rank 0 halted (exit 4) after the others left 0, or while the agent stopped the last of them.
+    assert describe_failures({0: _failure(4, 1.0)}) == (4, "", True)
+    assert describe_failures({0: _failure(5, 1.0), 1: _failure(-signal.SIGTERM, 1.0)}) == (5, "", True)
+    assert describe_failures({0: _failure(4, 1.0), 1: _failure(-signal.SIGKILL, 1.0)})[0] == 1
 
 
 def test_asking_for_more_gpus_than_the_machine_has_names_both_numbers(monkeypatch):
@@ -340,3 +344,10 @@ def test_sigterm_checkpoints_on_every_rank_and_exits_5(runs, tmp_path):
     assert st["state"] == "stopped" and "SIGTERM" in st["message"]
     step = torch_load(run_dir / "checkpoints" / "latest.pt")["iteration"]
     assert step == st["step"] > 5
+
+
+def test_the_console_shows_a_distributed_run_as_world_size_and_mode():
+    from lab.tui.run_tail import world_label
+
+    assert world_label({"world_size": 4, "parallel": "fsdp"}) == "4 x FSDP"
+    assert world_label({"world_size": 1, "parallel": "none"}) == "" and world_label({}) == ""

@@ -80,6 +80,10 @@ def run(args) -> int:
         display.close()
     if int(os.environ.get("RANK", "0")) == 0:
         display.print_summary(code, summary)
+    elif code in (4, 5):
+        # Every rank halted or stopped at the same step (they agree on it), and rank 0 records it and
+        # exits with the code. Leaving 0 here keeps torchrun's agent from stopping rank 0 mid-write.
+        return 0
     return code
 
 
@@ -110,8 +114,9 @@ def _launch(args, cfg) -> int:
         child += ["--device", args.device]
     if getattr(args, "checkpoint", None):
         child += ["--checkpoint", args.checkpoint]
-    return launch(args.gpus, child, run_dir=run_dir, nnodes=args.nnodes, node_rank=args.node_rank,
-                  rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id)
+    # Only the first machine's launcher records a failure: the run directory is rank 0's.
+    return launch(args.gpus, child, run_dir=run_dir if args.node_rank == 0 else None, nnodes=args.nnodes,
+                  node_rank=args.node_rank, rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id)
 
 
 def _hint_resumable(cfg) -> None:

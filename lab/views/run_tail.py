@@ -55,6 +55,8 @@ class RunView:
     events: tuple[dict, ...]
     series: dict[str, MinMaxSeries] = field(repr=False)
     version: int = 0
+    world: str = ""
+    """'2 x DDP', '8 x FSDP' for a distributed run (status.json's world_size and parallel), else ''."""
 
     @property
     def progress(self) -> float:
@@ -176,4 +178,12 @@ class RunTail:
                        total_steps=int(st.total_steps or 0), tokens=tokens, message=st.message or "",
                        last_train=dict(self.last_train), last_eval=dict(self.last_eval), best_val_loss=best,
                        eta_s=self.eta(), records=self.records, events=tuple(self.events),
-                       series=self.series, version=self.version)
+                       series=self.series, version=self.version, world=world_label(st.extra))
+
+
+def world_label(extra: dict) -> str:
+    """How a distributed run is shown: '<world_size> x <MODE>' (nothing for one process)."""
+    n, mode = extra.get("world_size"), extra.get("parallel")
+    if not isinstance(n, int) or n <= 1 or not isinstance(mode, str):
+        return ""
+    return f"{n} x {mode.upper()}"

@@ -69,14 +69,22 @@ def describe_failures(failures: dict) -> tuple[int, str, bool]:
 
     ``failures`` maps global rank -> ``ProcessFailure`` (``exitcode``,
     ``timestamp``, ``pid``, ``error_file_data``). When every rank left with
-    the same lab exit code (2, 4 or 5) the run ended in order: rank 0 already
-    wrote status.json and its code is the run's. Otherwise the first rank to
+    the same lab exit code (2, 4 or 5), or rank 0 did and the others were only
+    stopped after it, the run ended in order: rank 0 already wrote
+    status.json and its code is the run's. Otherwise the first rank to
     fail (by time) is the root cause: the message names it, how it died, and
     the others that were stopped because of it; the exit code is 1.
     """
     codes = {r: f.exitcode for r, f in failures.items()}
     if len(set(codes.values())) == 1 and next(iter(codes.values())) in WORKER_CODES:
         return next(iter(codes.values())), "", True
+    # Rank 0 ended in order (its status.json says how) and the others only reacted: the agent stopped
+    # them once rank 0 had exited (other ranks leave 0 after a halt or a stop; see lab run).
+    main = failures.get(0)
+    if main is not None and main.exitcode in WORKER_CODES and all(
+            f.exitcode in WORKER_CODES or f.exitcode in (-_signal.SIGTERM, -_signal.SIGINT)
+            for r, f in failures.items() if r != 0):
+        return main.exitcode, "", True
     # A rank that only reacted (our orderly codes, or the agent's SIGTERM/SIGINT) is never the cause.
     # Of the others the earliest (torchrun stamps them to the second) is; within the same second a rank
     # killed by a signal (kill -9, the OOM killer, a segfault) came before one that raised.

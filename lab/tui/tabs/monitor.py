@@ -241,6 +241,8 @@ class MonitorPane(LabPane):
         header.append("  ")
         header.append_text(state_text(v.state))
         header.append(f"  step {v.step:,}" + (f"/{v.total_steps:,}" if v.total_steps else ""))
+        if v.world:
+            header.append(f"  {v.world}", style="cyan")
         if v.state == "running":
             header.append(f"  ETA {format_duration(v.eta_s)}")
         if v.message and v.state != "running":
