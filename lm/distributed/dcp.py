@@ -39,7 +39,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 def save_distributed(trainer, *, step_file: bool, best: bool) -> list[Path]:
     """Write the checkpoint of a distributed run (collective); returns rank 0's written paths."""
     par, env = trainer.par, trainer.dist
-    extra = {}
+    extra = {"rng_ranks": gather_rng(trainer)}
     if par.shards_state:
         rel = save_sharded(trainer)
         extra["sharded"] = rel
@@ -49,11 +49,23 @@ def save_distributed(trainer, *, step_file: bool, best: bool) -> list[Path]:
         return []
     if par.shards_state:
         obj.pop("optimizer", None)
-        obj.update(extra)
+    obj.update(extra)
     paths = trainer.checkpoints.save(obj, trainer.state.step, keep_step_file=step_file, best=best)
     if par.shards_state:
         _rotate_sharded(trainer.checkpoints.path, keep=_referenced_steps(trainer, best))
     return paths
+
+
+def gather_rng(trainer) -> list[dict] | None:
+    """Every rank's RNG states, on rank 0 (collective): each rank resumes its own dropout stream."""
+    from lm.train.checkpointing import capture_rng
+
+    mine = capture_rng(trainer.policy.device)
+    if trainer.dist.control is None:
+        return [mine]
+    out = [None] * trainer.dist.world_size if trainer.dist.is_main else None
+    dist.gather_object(mine, out, dst=0, group=trainer.dist.control)
+    return out
 
 
 def _flat_optimizer(optimizer) -> dict:
@@ -186,7 +198,7 @@ def restore_sharded(trainer, path: Path) -> dict | None:
                                last_val_bpb=t.get("last_val_bpb"))
     trainer._resumed_from = path
     trainer._exact_resume = "sampler" in ckpt and "rng" in ckpt
-    return ckpt.get("rng")
+    return trainer._rng_of(ckpt)
 
 
 def _plain_model(trainer):

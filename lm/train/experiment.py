@@ -68,7 +68,7 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, device=device))
     cfg = _absolute_paths(cfg)
 
-    from lm.distributed.env import DistEnv
+    from lm.distributed.env import DistEnv, launched_by_torchrun
     from lm.train.policy import resolve_policy
 
     policy = resolve_policy(cfg.training)  # a missing device is a config error before any directory exists
@@ -76,7 +76,8 @@ def run_experiment(cfg: ExperimentConfig | None = None, run_dir: str | os.PathLi
     from lm.train.memory_check import check_fits
 
     check_fits(cfg, policy.device, policy.device_name, env.world_size)  # before any directory or allocation
-    if env.world_size > 1:
+    # One process under torchrun is a plain run, unless DDP/FSDP2 is asked for by name (to try that path).
+    if env.world_size > 1 or (launched_by_torchrun() and cfg.training.parallel in ("ddp", "fsdp")):
         from lm.distributed.data import check_batch_split
 
         check_batch_split(cfg, env.world_size)

@@ -194,6 +194,8 @@ class Trainer:
         from lm.distributed.plan import build_parallel, choose_mode
 
         check_batch_split(self.cfg, self.dist.world_size)
+        if self.dist.rank > 0:  # the weights are rank 0's (same seed); dropout masks differ per rank
+            torch.manual_seed(self.cfg.training.seed + self.dist.rank)
         mode, self.parallel_reason = choose_mode(self.cfg, self.dist, self.policy.device_name)
         self.par = build_parallel(mode, self.dist, self.policy.device, self.policy)
         return self.par.wrap(self.model) if self.par is not None else self.model
@@ -235,6 +237,13 @@ class Trainer:
                                 last_val_bpb=t.get("last_val_bpb"))
         self._resumed_from = path
         self._exact_resume = "sampler" in ckpt and "rng" in ckpt
+        return self._rng_of(ckpt)
+
+    def _rng_of(self, ckpt: dict) -> dict | None:
+        """The RNG state this process continues from: its own rank's when the world size is unchanged."""
+        ranks = ckpt.get("rng_ranks")
+        if self.par is not None and isinstance(ranks, list) and len(ranks) == self.dist.world_size:
+            return ranks[self.dist.rank]
         return ckpt.get("rng")
 
     # ------------------------------------------------------------------ run
