@@ -347,7 +347,21 @@ def test_sigterm_checkpoints_on_every_rank_and_exits_5(runs, tmp_path):
 
 
 def test_the_console_shows_a_distributed_run_as_world_size_and_mode():
-    from lab.tui.run_tail import world_label
+    from lab.views.run_tail import world_label
 
     assert world_label({"world_size": 4, "parallel": "fsdp"}) == "4 x FSDP"
     assert world_label({"world_size": 1, "parallel": "none"}) == "" and world_label({}) == ""
+
+
+def test_the_memory_refusal_counts_fsdp2_sharding_over_the_ranks():
+    from lm.config.schema import ExperimentConfig, ModelConfig, TrainingConfig
+    from lm.train.memory_check import check_fits
+
+    cfg = ExperimentConfig(model=ModelConfig.from_name("2.7B"), training=TrainingConfig(batch_size=16))
+    gpu = "NVIDIA GeForce RTX 4090"
+    with pytest.raises(ConfigError, match="cannot train on"):
+        check_fits(cfg, torch.device("cpu"), gpu, 1)
+    check_fits(cfg, torch.device("cpu"), gpu, 8)  # 8 x FSDP2 shards it to fit
+    ddp_only = ExperimentConfig(model=cfg.model, training=TrainingConfig(batch_size=16, parallel="ddp"))
+    with pytest.raises(ConfigError, match="cannot train on"):
+        check_fits(ddp_only, torch.device("cpu"), gpu, 8)

@@ -60,6 +60,9 @@ def check_fits(cfg: ExperimentConfig, device: torch.device, device_name: str, wo
     need = est.memory.total
     if need <= REFUSE_FACTOR * capacity:
         return
+    if world_size > 1 and cfg.training.parallel in ("auto", "fsdp") and _fsdp_fits(cfg, device_name, world_size,
+                                                                                REFUSE_FACTOR * capacity):
+        return  # sharded over the ranks by FSDP2 it fits (lm.calc.distributed)
     mem = est.memory
     largest = est.verdict.max_batch_size
     fix = (f"the largest training.batch_size that fits is {largest}" if largest >= 1
@@ -68,6 +71,17 @@ def check_fits(cfg: ExperimentConfig, device: torch.device, device_name: str, wo
         f"this config cannot train on {device_name}: the calculator predicts {_fmt(need)} for one training step "
         f"(weights, gradients and optimizer state {_fmt(mem.persistent)}, activations {_fmt(mem.activations)}) but "
         f"the device holds {_fmt(capacity)}. Reduce {_KEYS} ({fix}); `lab calc EXPERIMENT` shows the breakdown"])
+
+
+def _fsdp_fits(cfg: ExperimentConfig, device_name: str, world_size: int, limit: float) -> bool:
+    from lm.calc import device_for_torch_name
+    from lm.calc.distributed import estimate_distributed
+
+    try:
+        profile, _ = device_for_torch_name(device_name)
+        return estimate_distributed(cfg, profile, world_size, "fsdp").total_bytes <= limit
+    except LabError:
+        return True  # a batch that does not divide: the launcher says so
 
 
 def is_out_of_memory(e: BaseException) -> bool:
