@@ -91,7 +91,9 @@ def _small_builtin_corpus(monkeypatch):
 
 def _writers(tmp_path: Path):
     """(name, target file, callable that writes it) for every writer of run, cache and queue files."""
+    from lab.cli import main as lab_main
     from lab.queue.store import QueueStore
+    from lm.bench.harness import write_json as bench_results
     from lm.checkpoint import save_checkpoint
     from lm.config.loader import load_experiment_text, write_resolved
     from lm.data import builtin, download
@@ -124,10 +126,9 @@ def _writers(tmp_path: Path):
         ("gunzip", tmp_path / "out.txt", lambda: download.gunzip(gz, tmp_path / "out.txt")),
         ("manifest", tmp_path / "manifest.json", lambda: download.write_manifest(tmp_path, {"a": 1})),
         ("bench results", tmp_path / "bench.json",
-         lambda: __import__("lm.bench.harness", fromlist=["x"]).write_json([], tmp_path / "bench.json",
-                                                                            torch.device("cpu"))),
+         lambda: bench_results([], tmp_path / "bench.json", torch.device("cpu"))),
         ("experiment from lab config new", tmp_path / "new.toml",
-         lambda: __import__("lab.cli", fromlist=["x"]).main(["config", "new", "fresh", "-o", str(tmp_path / "new.toml")])),
+         lambda: lab_main(["config", "new", "fresh", "-o", str(tmp_path / "new.toml")])),
         ("built-in corpus", builtin.builtin_corpus_path(tmp_path / "cache", _probe=True),
          lambda: builtin.builtin_corpus_path(tmp_path / "cache", rebuild=True)),
     ]

@@ -11,7 +11,7 @@ from lm.config.loader import load_experiment_text
 from lm.config.rules import fit_warmup
 from lm.config.schema import ModelConfig
 from lm.errors import ConfigError
-from lm.sampling import SamplingParams
+from lm.decode.sampling import SamplingParams
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 10**30])
@@ -53,8 +53,9 @@ def test_smoke_run_with_steps_below_the_warmup_trains_and_says_so(tmp_path):
 
 def test_model_choices_come_from_the_literal_types():
     problems = ModelConfig(norm="postt", attention="flash").problems()
-    assert problems == ["model.norm must be one of 'pre', 'post', 'none', got 'postt' (a string) — did you mean 'post'?",
-                        "model.attention must be one of 'sdpa', 'naive', got 'flash' (a string)"]
+    assert problems == [
+        "model.norm must be one of 'pre', 'post', 'none', got 'postt' (a string) — did you mean 'post'?",
+        "model.attention must be one of 'sdpa', 'naive', got 'flash' (a string)"]
 
 
 def test_the_schema_does_not_list_choices_again():

@@ -67,3 +67,23 @@ def test_a_damaged_cached_token_file_is_detected_with_how_to_rebuild(tmp_path):
     with pytest.raises(DataError, match="rm -r") as e:
         prepare_data(_config(tmp_path, cache))
     assert str(first.train_path) in str(e.value) and "corrupt" in str(e.value)
+
+
+def test_a_full_disk_while_copying_text_is_a_data_error_naming_the_path(tmp_path, monkeypatch):
+    import errno
+
+    import lm.data.prepare as prepare
+
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("one document.\n" * 200)
+    (tmp_path / "b.txt").write_text("another one.\n" * 200)  # two files: the text is joined into work/
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare, "write_range", full)
+    cfg = load_experiment_text(f'name = "x"\n[data]\nsource = "{tmp_path}"\ncache_dir = "{tmp_path / "cache"}"\n'
+                               '[tokenizer]\nvocab_size = 270\n', "x.toml")
+    with pytest.raises(DataError, match="is full") as e:
+        prepare_data(cfg)
+    assert "free" in str(e.value) and str(tmp_path / "cache") in str(e.value)

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm.atomic import atomic_rename, atomic_write
+from lm.atomic import atomic_rename, atomic_write, write_error_message
 from lm.config.schema import ExperimentConfig
 from lm.data.paths import cache_root
 from lm.data.sources import TextSource, resolve_source
@@ -222,9 +222,12 @@ class _TextPlan:
         return self._write(text, lo, hi, name)
 
     def _write(self, text: JoinedText, lo: int, hi: int, name: str) -> Path:
-        make_temp_dir(self.work)
         path = self.work / name
-        write_range(text, lo, hi, path, progress=self.progress, stage=f"writing {name}")
+        try:
+            make_temp_dir(self.work)
+            write_range(text, lo, hi, path, progress=self.progress, stage=f"writing {name}")
+        except OSError as e:
+            raise DataError(f"cannot write {path} while preparing data: {write_error_message(path, e)}") from None
         return path
 
     def tokenizer_training_text(self, limit: int) -> Path:

@@ -21,7 +21,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from lm.atomic import atomic_write
+from lm.atomic import atomic_write, write_error_message
 from lm.errors import TokenizerError
 from lm.tokenizer.byte_unicode import bytes_to_printable, printable_to_bytes
 
@@ -146,5 +146,6 @@ def write_tokenizer_files(directory: str | os.PathLike, vocab: Mapping[int, byte
         atomic_write(directory / MERGES_FILE, "\n".join(lines) + "\n")
         atomic_write(directory / SPECIAL_TOKENS_FILE, json.dumps(list(special_tokens), ensure_ascii=False) + "\n")
     except OSError as e:
-        raise TokenizerError(f"cannot write tokenizer files into {directory} ({e.strerror or e})") from None
+        raise TokenizerError(f"cannot write tokenizer files into {directory}: "
+                             f"{write_error_message(directory / VOCAB_FILE, e)}") from None
     return directory

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lm.atomic import is_disk_full, write_error_message
 from lm.checkpoint import check_tokenizer
 from lm.config.schema import ExperimentConfig, to_dict
 from lm.distributed.env import DistEnv
@@ -279,6 +280,11 @@ class Trainer:
         except Exception as e:
             if is_out_of_memory(e):  # a size problem, not a crash: say which keys and what the calculator says
                 err = oom_error(cfg, self.policy.device_name if self.policy else "this device", e)
+                self._record_failure(str(err), 2)
+                raise err from None
+            if is_disk_full(e):  # metrics, events or status could not be written: the run dir's disk is full
+                err = LabError(f"cannot write to {self.run_dir}: {write_error_message(self.run_dir / 'status.json', e)}"
+                               f"; `lab run --resume {self.run_dir}` continues from the last checkpoint")
                 self._record_failure(str(err), 2)
                 raise err from None
             traceback.print_exc(file=sys.stderr)
