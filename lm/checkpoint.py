@@ -6,7 +6,6 @@ so a crash or kill -9 mid-write never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -109,12 +108,6 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
     if optimizer is not None and "optimizer" in obj:
         optimizer.load_state_dict(obj["optimizer"])
     return int(obj.get("iteration", 0))
-
-
-def checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> bytes:
-    buf = io.BytesIO()
-    save_checkpoint(model, optimizer, iteration, buf)
-    return buf.getvalue()
 
 
 def check_tokenizer(ckpt: dict, tokenizer, ckpt_path, tokenizer_dir) -> None:

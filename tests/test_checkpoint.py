@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from lm.checkpoint import atomic_torch_save, checkpoint_bytes, load_checkpoint, save_checkpoint, torch_load
+from lm.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint, torch_load
 from lm.errors import CheckpointError
 from lm.functional import cross_entropy
 from lm.model import ModelConfig, TransformerLM
@@ -69,10 +69,13 @@ def test_checkpoint_model_entry_is_a_cs336_state_dict(tmp_path):
     assert not any("qkv" in k for k in obj["model"])
 
 
-def test_checkpoint_bytes_loads_back():
+def test_a_checkpoint_in_a_file_object_loads_back():
     model, opt = _setup(0)
     fresh, _ = _setup(1)
-    assert load_checkpoint(io.BytesIO(checkpoint_bytes(model, opt, 9)), fresh) == 9
+    buf = io.BytesIO()
+    save_checkpoint(model, opt, 9, buf)
+    buf.seek(0)
+    assert load_checkpoint(buf, fresh) == 9
     assert _same_weights(model, fresh)
 
 

@@ -118,11 +118,6 @@ def read_merges_with_lines(path: str | os.PathLike) -> tuple[list[tuple[bytes, b
     return merges, lines
 
 
-def read_merges(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
-    """Merges from a GPT-2 merges.txt, in rank order; TokenizerError naming the line of a malformed one."""
-    return read_merges_with_lines(path)[0]
-
-
 def write_tokenizer_files(directory: str | os.PathLike, vocab: Mapping[int, bytes],
                           merges: Sequence[tuple[bytes, bytes]], special_tokens: Sequence[str]) -> Path:
     """Write vocab.json, merges.txt and special_tokens.json into ``directory`` (created if needed)."""
