@@ -2,8 +2,8 @@
 
 Each of the B rows is one KV-cache slot at its own position (continuous
 batching), so positions are a (B,) tensor and every row attends only to its
-own cache row up to its own position. At batch 1 a decode step reads every weight once (~0.1 ms for a GPT-2-small
-shape on an H100) but runs one kernel per op, and each kernel costs a few
+own cache row up to its own position. At batch 1 a decode step reads every weight once (a small fraction
+of the step's time on a GPU: docs/performance.md, Decoding) but runs one kernel per op, and each kernel costs a few
 microseconds even replayed from a CUDA graph: the step's time is mostly its
 kernel count. ``TransformerLM.forward`` spends ~47 ops per layer on one token;
 :class:`TorchStep` computes the same function of the same weights in 12:

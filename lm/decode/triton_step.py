@@ -1,10 +1,9 @@
 """Triton kernels for the batch-1 decode step on CUDA: a layer in six kernels.
 
-Profiled on an H100 (docs/performance.md (Decoding)), the torch version of the step
-(:class:`lm.decode.torch_step.TorchStep`) is bound by kernel count and by cuBLAS's
-matrix-vector kernels, which take ~4-6 us each whatever their size (a
-3.5 MB QKV projection ran at 0.7 TB/s), plus cuDNN attention over a padded
-window. Here each layer is:
+Profiled on a GPU (timings in docs/performance.md, Decoding), the torch version of the
+step (:class:`lm.decode.torch_step.TorchStep`) is bound by kernel count and by cuBLAS's
+matrix-vector kernels, which cost a fixed few microseconds each whatever their size,
+plus cuDNN attention over a padded window. Here each layer is:
 
 1. RMSNorm + QKV projection + RoPE + writing K and V into the cache at the
    position (read on the device, so the kernel replays in a CUDA graph);
@@ -298,8 +297,8 @@ def _prefetch_triton_runtime() -> None:
 
     The first Triton launch of a process hashes Triton's own ~400 MB library
     (part of every kernel's cache key), runs ``ptxas --version``, imports
-    Triton's gluon front end and hashes each kernel's source: ~0.5 s on an
-    H100 host before even a cached kernel loads. Started on
+    Triton's gluon front end and hashes each kernel's source, all before even
+    a cached kernel loads (timed in docs/performance.md, Decoding). Started on
     a daemon thread when this module is imported (no CUDA call), it overlaps
     with loading the model instead of delaying the first reply.
     """
@@ -427,7 +426,7 @@ class TritonSampler:
     Stands in for :func:`lm.decode.sampling.sample_rows` at batch 1 without a
     nucleus, the noise made for it, the probability ``softmax(logits)[token]`` and the four writes that
     end a step: ~13 small kernels in torch, two of them single-block reductions
-    over the vocabulary (~13 us each on an H100). The noise comes from Philox
+    over the vocabulary (slow ones: docs/performance.md, Decoding). The noise comes from Philox
     inside the kernel, keyed by ``seed`` (set per reply) and ``draws`` (the
     steps since), so the same seed gives the same tokens (Philox, not the
     torch sampler's hash: the two paths draw different noise for one seed).

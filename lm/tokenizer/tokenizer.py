@@ -19,8 +19,8 @@ are pre-tokenized together and its ids gathered with numpy
 
 That is the pure-Python path, and the reference. When the optional C
 extension is built (:mod:`lm.tokenizer.compiled`), ordinary text goes through
-it instead: the same pre-tokens and merges, about 3x tiktoken's speed on a
-first pass; tests check that both paths give the same ids.
+it instead: the same pre-tokens and merges, several times faster (see
+docs/performance.md, Tokenizer); tests check that both paths give the same ids.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class Tokenizer:
             self._compiled = compiled_path.make_encoder(self._byte_ids, self._merge_pairs, self._merge_result,
                                                         self._bpe, self.CACHE_MAX_ENTRIES)
         elif self._rounds_exact and len(self._merges) >= _EAGER_BATCH_MERGES:
-            # a fixed cost of the merges list (~20 ms for GPT-2's), paid once here, not by the first text
+            # a fixed cost of the merges list, paid once here, not by the first text
             self._batch_bpe()
 
     # ----- construction from and to files
