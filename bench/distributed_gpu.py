@@ -44,9 +44,9 @@ context_length = 512
 [training]
 steps = {steps}
 batch_size = 16
-log_every = 25
+log_every = {log_every}
 [schedule]
-warmup_steps = 50
+warmup_steps = {warmup}
 [eval]
 every = 0
 batches = 4
@@ -77,7 +77,8 @@ def main() -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="lab-dist-"))
     out.mkdir(parents=True, exist_ok=True)
     exp = out / "dist-gpu.toml"
-    exp.write_text(TOML.format(runs=out / "runs", preset=args.preset, steps=args.steps))
+    exp.write_text(TOML.format(runs=out / "runs", preset=args.preset, steps=args.steps,
+                               log_every=max(1, min(25, args.steps // 4)), warmup=min(50, args.steps)))
     variants = {"plain": (), "launcher": ("--gpus", "1"),
                 "ddp": ("--gpus", "1", "--set", 'training.parallel="ddp"'),
                 "fsdp": ("--gpus", "1", "--set", 'training.parallel="fsdp"')}

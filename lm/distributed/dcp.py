@@ -81,7 +81,7 @@ def save_sharded(trainer) -> str:
     name = f"step_{trainer.state.step:06d}"
     tmp, final = root / f".{name}.tmp", root / name
     if trainer.dist.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_stale_temp_dirs(trainer.checkpoints.path)  # what a save killed midway left behind
         tmp.mkdir(parents=True, exist_ok=True)
     trainer.dist.barrier()
     dcp.save({"model": trainer.model.state_dict(), "optimizer": _flat_optimizer(trainer.optimizer)},
