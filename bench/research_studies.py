@@ -1,6 +1,7 @@
 """The five research studies of docs/experiments.md, compact, in one scripted call.
 
     python bench/research_studies.py --data PATH/tinyshakespeare.txt --out DIR [--scale tiny|gpu] [--budget S]
+    python bench/research_studies.py report DIR [DIR ...]      # markdown tables and plots of the results
 
 1. scaling law: ``lab scale`` (the real command, through the queue) on
    experiments/scaling/shakespeare.toml, 5 sizes, 1M tokens each;
@@ -261,7 +262,84 @@ def study_precision(args, out: Path) -> dict:
             "bf16_peak_tflops": peak / 1e12 if peak else None, "torch": torch.__version__, "modes": modes}
 
 
+# ----------------------------------------------------------------------------- report
+
+def _plot(curves, title, xlabel, ylabel, xlog=False) -> str:
+    from lab.views.plots import Curve, render_plot
+
+    return render_plot([Curve(*c) for c in curves], title=title, xlabel=xlabel, ylabel=ylabel, xlog=xlog,
+                       width=90, height=20, color=False)
+
+
+def report(dirs: list[Path]) -> str:
+    """Markdown tables and terminal plots of a results folder (or several: later ones fill in studies)."""
+    res = {}
+    for d in dirs:
+        for f in sorted(d.glob("*.json")):
+            if f.stem != "index":
+                res[f.stem] = json.loads(f.read_text())
+    lines = []
+    if "scaling" in res and res["scaling"].get("scaling"):
+        sc = res["scaling"]["scaling"]
+        lines += ["### 1. scaling", "", "| point | N (non-emb) | params | tokens | tokens/N | val loss | fit | error | |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for q in sc["points"]:
+            lines.append(f"| {q['label']} | {q['n']:,} | {q['params_total']:,} | {q['tokens']:,} | "
+                         f"{q['tokens'] / q['n']:.1f} | {q['val_loss']:.4f} | {q.get('fit_loss', float('nan')):.4f} | "
+                         f"{q.get('fit_error', float('nan')):+.2%} | " + ("past optimal |" if q.get("past_optimal") else " |"))
+        lines += ["", f"fit: `{sc['fit']['text']}`, rmse {sc['fit']['rmse']:.4f}", ""]
+    if "muon_vs_adamw" in res:
+        m = res["muon_vs_adamw"]
+        lines += ["### 2. Muon vs AdamW", "", "| run | lr | final val loss | tokens/s | MFU | Newton-Schulz (optimizer) MFU |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in m["runs"]:
+            tr = r["train"][-1] if r["train"] else {}
+            om = tr.get("optimizer_mfu")
+            lines.append(f"| {r['optimizer']} | {r['lr']:g} | {r['final_val_loss']:.4f} | "
+                         f"{(r['summary'] or {}).get('tokens_per_s', 0):,.0f} | {tr.get('mfu') or 0:.2%} | "
+                         + (f"{om:.3%}" if om is not None else "-") + " |")
+        if "to_target" in m:
+            lines += ["", f"target val loss {m['target_val_loss']:.4f} (the best AdamW run's final loss):", ""]
+            for k, e in m["to_target"].items():
+                lines.append(f"- {k} ({m['best'][k]}): " + (f"step {e['step']}, {e['tokens']:,} tokens, {e['time']:.1f} s"
+                                                           if e else "not reached"))
+        best = [r for r in m["runs"] if r["name"] in m["best"].values()]
+        lines += ["", "```", _plot([(r["name"], [e["tokens"] for e in r["evals"]], [e["val_loss"] for e in r["evals"]])
+                                    for r in best], "val loss vs tokens", "tokens", "val loss"), "```", ""]
+    if "warmup" in res:
+        w = res["warmup"]
+        lines += ["### 3. warmup", "", f"batch {w['batch_tokens']:,} tokens per step", "",
+                  "| warmup | steps | final val loss | vs long | max grad norm |", "|---|---:|---:|---:|---:|"]
+        ref = [r for r in w["runs"] if r["warmup"] == "long"][0]["final_val_loss"]
+        for r in w["runs"]:
+            lines.append(f"| {r['warmup']} | {r['warmup_steps']} | {r['final_val_loss']:.4f} | "
+                         f"{r['final_val_loss'] / ref - 1:+.1%} | {max(t['grad_norm'] for t in r['train']):.2f} |")
+        lines += ["", "```", _plot([(r["warmup"], [e["step"] for e in r["evals"]], [e["val_loss"] for e in r["evals"]])
+                                    for r in w["runs"]], "val loss vs step", "step", "val loss"), "```", ""]
+    if "ablations" in res:
+        lines += ["### 4. ablations", "", "| variant | params | first train loss | final val loss | grad norm start -> end |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in res["ablations"]["runs"]:
+            tr = r["train"]
+            lines.append(f"| {r['variant']} | {r['params']:,} | {tr[0]['loss']:.3f} | {r['final_val_loss']:.4f} | "
+                         f"{tr[0]['grad_norm']:.3g} -> {tr[-1]['grad_norm']:.3g} |")
+        lines.append("")
+    if "precision" in res:
+        p = res["precision"]
+        lines += ["### 5. precision", "", f"{p['model']}, batch {p['batch']}, {p['device']}, torch {p['torch']}, "
+                  f"bf16 matmul peak measured {p['bf16_peak_tflops'] or 0:.0f} TFLOP/s", "",
+                  "| mode | ms/step | tokens/s | speedup vs fp32 (TF32 off) | MFU (bf16 peak) |", "|---|---:|---:|---:|---:|"]
+        for k, v in p["modes"].items():
+            lines.append(f"| {k} | {v['step_ms']:.1f} | {v['tokens_per_s']:,.0f} | {v['speedup_vs_fp32_tf32_off']:.2f}x | "
+                         f"{(v['mfu_vs_bf16_peak'] or 0):.1%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        print(report([Path(p) for p in sys.argv[2:]]))
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)

@@ -179,3 +179,47 @@ def test_lab_scale_runs_end_to_end_and_resumes_after_kill_9(tmp_path):
     # Running it once more trains nothing and reports the same fit.
     report = subprocess.run(cmd + ["--report"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "started entry" not in report.stdout
+
+
+def test_isoflop_study_collects_optima_fit_and_past_optimal_warnings(tmp_path, monkeypatch):
+    """collect() on an isoFLOP study whose runs 'finished' with losses from a known surface.
+
+    L(N, D) = 1.5 + 40 N^-0.3 + 60 D^-0.3 has a compute-optimal N per budget; the runs
+    are faked as done with those losses, so the optima and warnings can be checked.
+    """
+    from lab.queue.store import QueueStore
+    from lab.scale.study import collect, enqueue, report_plot
+
+    monkeypatch.chdir(tmp_path)
+    sizes = ("[{ d_model = 16, num_layers = 1 }, { d_model = 32, num_layers = 1 }, { d_model = 48, num_layers = 2 }, "
+             "{ d_model = 64, num_layers = 3 }]")
+    spec = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [2e9, 8e9]', sizes=sizes))
+    store = QueueStore(tmp_path / "runs")
+    assert enqueue(spec, store) == (8, 0) and enqueue(spec, store) == (0, 8)  # again: nothing added twice
+    with store.transaction() as state:
+        for e in state.entries:
+            p = spec.points[e.trial]
+            rd = tmp_path / "runs" / e.name
+            rd.mkdir(parents=True)
+            loss = 1.5 + 40 * p.n ** -0.3 + 60 * p.tokens ** -0.3
+            (rd / "status.json").write_text(json.dumps({"state": "done", "step": p.steps, "total_steps": p.steps}))
+            (rd / "metrics.jsonl").write_text(json.dumps({"type": "eval", "step": p.steps, "tokens": p.tokens,
+                                                          "time": 1.0, "val_loss": loss}) + "\n")
+            e.status, e.run_dir = "done", str(rd)
+    result = collect(spec, store)
+    assert len(result["isoflop"]) == 2 and "optimal_scaling" in result
+    for o in result["isoflop"]:
+        qs = [q for q in result["points"] if q["budget"] == o["flops"]]
+        best = min(qs, key=lambda q: q["val_loss"])
+        ns = sorted(q["n"] for q in qs)
+        assert ns[0] < o["n_opt"] < ns[-1]  # an interior optimum, near the best point of the budget
+        assert abs(np.log(o["n_opt"] / best["n"])) < np.log(ns[-1] / ns[0]) / 2
+    assert result["optimal_scaling"]["n_opt"]["exponent"] > 0  # more compute, bigger optimal model
+    assert result["fit"] is not None and all(q["fit_error"] is not None for q in result["points"])
+    assert any(q["past_optimal"] for q in result["points"]) == any("past optimal" in w or "x this budget" in w
+                                                                   for w in result["warnings"])
+    assert "val loss" in report_plot(result, width=80, height=20, color=False)
+    # A changed study file under the same name is refused, naming the point.
+    changed = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [2e9, 9e9]', sizes=sizes))
+    with pytest.raises(ConfigError, match="different settings"):
+        enqueue(changed, store)

@@ -176,7 +176,7 @@ def report_plot(result: dict, *, width: int | None = None, height: int | None = 
     """val loss against N (log x), the fitted law through it, and the isoFLOP optima."""
     import numpy as np
 
-    from lab.compare import Curve, render_plot
+    from lab.views.plots import Curve, render_plot
 
     done = sorted((q for q in result["points"] if q["val_loss"] is not None), key=lambda q: q["n"])
     curves = []
