@@ -25,7 +25,8 @@ from lm.config.toml_lines import key_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
-EXPERIMENT_FILES = sorted(p for p in EXPERIMENTS.rglob("*.toml") if "sweeps" not in p.parts)
+SCALE_FILES = sorted(p for p in (EXPERIMENTS / "scaling").glob("*.toml") if not p.stem.endswith("_base"))
+EXPERIMENT_FILES = sorted(p for p in EXPERIMENTS.rglob("*.toml") if "sweeps" not in p.parts and p not in SCALE_FILES)
 SWEEP_FILES = sorted((EXPERIMENTS / "sweeps").glob("*.toml"))
 
 
@@ -100,6 +101,14 @@ def test_ablations_change_only_what_they_say(path):
     changed = {f"{s}.{k}" for s in SECTIONS for k in set(base[s]) | set(cfg[s]) if base[s].get(k) != cfg[s].get(k)}
     assert changed == own_keys and changed
     assert cfg["name"] != base["name"]
+
+
+@pytest.mark.parametrize("path", SCALE_FILES, ids=rel)
+def test_scaling_study_files_plan_valid_runs(path):
+    from lab.scale.spec import load_scale
+
+    spec = load_scale(path)  # every point's config is resolved and checked
+    assert len({p.n for p in spec.points}) >= 4 and path.read_text().startswith("# ")
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=rel)
