@@ -421,6 +421,16 @@ class RunDir:
         named = [d / n for n in ("latest.pt", "best.pt") if (d / n).is_file()]
         return steps + named
 
+    def default_checkpoint(self) -> str | None:
+        """The checkpoint to talk to when none is named: ``best`` if it exists, else ``latest``, else the
+        newest ``step_N`` (None when the run has none yet)."""
+        d = self.checkpoint_dir
+        for name in ("best", "latest"):
+            if (d / f"{name}.pt").is_file():
+                return name
+        steps = sorted(d.glob("step_*.pt")) if d.is_dir() else []
+        return steps[-1].stem if steps else None
+
     def checkpoint(self, which: str | os.PathLike = "latest") -> Path:
         """Path of checkpoint ``latest``, ``best``, ``step_N`` or a file path; CheckpointError if absent."""
         w = str(which)

@@ -91,3 +91,17 @@ def test_the_global_runs_dir_option_reaches_runs_queue_and_compare(tmp_path, cap
     # The command's own option beats the global one.
     assert main(["--runs-dir", str(tmp_path), "runs", "--runs-dir", str(runs)]) == 0
     assert "baseline" in capsys.readouterr().out
+
+
+def test_queueing_an_experiment_whose_dataset_is_absent_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "no-data"))
+    exp = tmp_path / "stories.toml"
+    exp.write_text('name = "stories"\n[data]\nsource = "tinystories"\n')
+    assert main(["queue", "--runs-dir", str(tmp_path / "runs"), "add", str(exp)]) == 2
+    err = capsys.readouterr().err
+    assert "run `lab data get tinystories` first" in err and str(exp) in err
+    assert QueueStore(tmp_path / "runs").read().entries == []  # nothing was queued
+    from lab.views.config_doc import validate_text
+
+    v = validate_text(exp.read_text(), str(exp), tmp_path)
+    assert v.ok and any("lab data get tinystories" in w for w in v.warnings)

@@ -137,6 +137,8 @@ class Validation:
     cfg: ExperimentConfig | None
     problems: list[str] = field(default_factory=list)
     by_key: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What a valid config still needs before it can train (a dataset to download)."""
 
     @property
     def ok(self) -> bool:
@@ -157,7 +159,9 @@ def validate_text(text: str, source_name: str, base_dir: Path | None = None, kee
         return Validation(None, cleaned, problems_by_key(e.problems))
     except LabError as e:
         return Validation(None, [str(e)], {"": [str(e)]})
-    return Validation(cfg)
+    from lab.queue.validate import dataset_problems
+
+    return Validation(cfg, warnings=dataset_problems(cfg))
 
 
 @dataclass

@@ -22,6 +22,7 @@ from textual.widgets import Input, Label, Select, Static, Switch
 
 from lab.tui.tabs.base import LabPane
 from lab.tui.messages import ChatPieces, notify
+from lab.views.chat import ChatSession, checkpoint_choice, checkpoint_options
 from lm.errors import LabError
 
 # (lowest probability, style): a token's color says how sure the model was.
@@ -68,9 +69,8 @@ class ChatPane(LabPane):
         self.transcript = Text()
         self.generating = False
         self._stop = threading.Event()
-        self._generator = None
-        self._loaded_key: tuple | None = None
-        self._lock = threading.Lock()
+        self.session = ChatSession()  # the model: only the chat worker touches it
+        self.checkpoint_note = ""
         self._options: list[tuple[str, str]] = []
         self.replies = 0
 
@@ -126,13 +126,31 @@ class ChatPane(LabPane):
         await self.query_one("#chat-settings").mount(new, before=0)
         if had_focus:
             new.focus()
-        self._status("", "")
+        self._pick_checkpoint(str(value))
 
-    async def select_run(self, path: str | Path, checkpoint: str = "best") -> None:
-        """Choose the run and checkpoint to talk to (tests and scripted use)."""
+    @on(Select.Changed, "#chat-run")
+    def _run_changed(self, event: Select.Changed) -> None:
+        if event.value is not Select.NULL:
+            self._pick_checkpoint(str(event.value))
+
+    def _pick_checkpoint(self, run: str) -> None:
+        """Offer the run's checkpoints and choose the default one (best, else latest), saying which."""
+        names = checkpoint_options(run)
+        which, note = checkpoint_choice(run)
+        sel = self.query_one("#chat-checkpoint", Select)
+        sel.set_options([(n, n) for n in names] or [("best", "best")])
+        if which is not None:
+            sel.value = which
+        self.checkpoint_note = note
+        self._status(note, "dim" if which else "yellow")
+
+    async def select_run(self, path: str | Path, checkpoint: str | None = None) -> None:
+        """Choose the run (and a checkpoint; None: its default) to talk to (tests and scripted use)."""
         await self.action_reload_runs()
         self.query_one("#chat-run", Select).value = str(Path(path))
-        self.query_one("#chat-checkpoint", Select).value = checkpoint
+        self._pick_checkpoint(str(Path(path)))
+        if checkpoint is not None:
+            self.query_one("#chat-checkpoint", Select).value = checkpoint
 
     # ---- generating ----------------------------------------------------------
 
@@ -177,14 +195,14 @@ class ChatPane(LabPane):
         self._show_transcript()
         self.generating = True
         self._stop.clear()
-        self._status("loading the model..." if self._loaded_key != (run, checkpoint) else "generating...", "dim")
+        self._status("loading the model..." if self.session.key != (run, checkpoint) else "generating...", "dim")
         self._generate(str(run), checkpoint, prompt, params)
 
     @work(thread=True, exclusive=True, group="chat", exit_on_error=False)
     def _generate(self, run: str, checkpoint: str, prompt: str, params) -> None:
         try:
-            with self._lock:
-                gen = self._load(run, checkpoint)
+            with self.session.lock:
+                gen = self.session.generator_for(run, checkpoint)
                 stream = gen.stream(prompt, params, continue_history=True)
                 pending: list[tuple[str, float | None]] = []
                 notices: list[str] = []
@@ -215,17 +233,6 @@ class ChatPane(LabPane):
             self.post_message(ChatPieces([], done=True, info=f"error: {e}"))
         except Exception as e:  # a crash in the model code: say so in the tab, keep the console alive
             self.post_message(ChatPieces([], done=True, info=f"error: {type(e).__name__}: {e}"))
-
-    def _load(self, run: str, checkpoint: str):
-        """The Generator for (run, checkpoint), loaded once and kept."""
-        key = (run, checkpoint)
-        if self._loaded_key != key or self._generator is None:
-            from lm.decode import Generator, load
-
-            loaded = load(run, checkpoint, "auto")
-            self._generator = Generator(loaded.model, loaded.tokenizer)
-            self._loaded_key = key
-        return self._generator
 
     @on(ChatPieces)
     def _pieces(self, message: ChatPieces) -> None:
@@ -268,8 +275,7 @@ class ChatPane(LabPane):
             return
         self.transcript = Text()
         self._show_transcript()
-        if self._generator is not None:
-            self._generator.reset()
+        self.session.reset()
         self._status("new text", "dim")
 
     @property

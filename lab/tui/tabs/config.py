@@ -305,7 +305,10 @@ class ConfigPane(LabPane):
                 self.query_one(f"#{f.widget_id}").set_class(bool(problems), "-invalid-field")
         panel = self.query_one("#config-problems", Static)
         if v.ok:
-            panel.update(Text("✓ valid: ready to launch (F5)", style="green"))
+            text = Text("✓ valid: ready to launch (F5)", style="green")
+            for w in v.warnings:  # e.g. a dataset to download first
+                text.append(f"\n! {w}", style="yellow")
+            panel.update(text)
             self._estimate()
         else:
             t = Text(f"{len(v.problems)} problem{'s' if len(v.problems) != 1 else ''}:", style="bold red")
