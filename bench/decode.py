@@ -77,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="instead of timing replies: profile the replayed CUDA-graph step (kernels per step, GPU "
                         "time per step for each attention window, the costliest kernels)")
+    p.add_argument("--child-timeout", type=float, default=600, help="seconds a mode may take (its own process)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -221,7 +222,11 @@ def run_child(mode: str, args) -> dict:
     if args.in_process:
         return measure(mode, args)
     argv = [a for a in sys.argv[1:]]
-    proc = subprocess.run([sys.executable, __file__, *argv, "--child", mode], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, __file__, *argv, "--child", mode], capture_output=True, text=True,
+                              timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"mode": mode, "error": f"did not finish in {args.child_timeout:.0f} s"}
     if proc.returncode != 0:
         return {"mode": mode, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

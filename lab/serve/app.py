@@ -162,7 +162,8 @@ def create_app(server: Server) -> FastAPI:
         e = server.engine
         return {"status": "ok", "model": server.model_id, "slots": e.max_batch, "active": e.active,
                 "queued": e.pending(), "max_queue": server.max_queue, "requests": server.requests_total,
-                "rejected": server.rejected_total, "steps": e.steps, "step": e.step_kind}
+                "rejected": server.rejected_total, "steps": e.steps, "step": e.step_kind,
+                "memory_allocated": _memory(e.device)}
 
     def _model_card() -> dict:
         return {"id": server.model_id, "object": "model", "created": server.created, "owned_by": "lab",
@@ -241,6 +242,13 @@ def create_app(server: Server) -> FastAPI:
                 "usage": _usage(r)}
 
     return app
+
+
+def _memory(device) -> int | None:
+    """Bytes the caching allocator holds for tensors on a CUDA device (None elsewhere): a leak shows here."""
+    import torch
+
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
 def _union_tag(part) -> bool:

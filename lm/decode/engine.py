@@ -42,8 +42,13 @@ OVERFLOW_KEEP = 0.75
 # Prefill lengths are rounded up to a power of two (at least this) so varying prompt
 # lengths reuse a few traced shapes instead of tracing each one.
 MIN_PREFILL_BUCKET = 8
-# With CUDA graphs, prompts up to this many tokens are read by replaying the one-token step.
+# With CUDA graphs, prompts up to this many tokens are read by replaying the one-token step
+# (a batch step per token: no new shape to trace, no first use of the prefill's attention kernel).
 GRAPH_PREFILL_MAX = 32
+# Alone (batch 1) the replayed step costs a fraction of a millisecond, while the first prefill
+# forward of a process pays ~0.4-0.7 s of cuDNN attention set-up (docs/performance.md): a
+# context overflow's re-read of up to this many tokens replays too.
+GRAPH_PREFILL_MAX_ALONE = 256
 # The torch step attends over the first `window` cache slots, a power of two from this up to
 # the context: a short text does not scan the whole cache, and a reply needs only a few graphs.
 MIN_WINDOW = 128
@@ -395,7 +400,8 @@ class Engine:
         """Fill slot ``b``'s cache for r.history[start:-1] and point its step at the last token."""
         last = len(r.history) - 1
         todo = r.history[start:last]
-        if self.use_graphs and 0 < len(todo) <= GRAPH_PREFILL_MAX:
+        limit = GRAPH_PREFILL_MAX_ALONE if self.max_batch == 1 else GRAPH_PREFILL_MAX
+        if self.use_graphs and 0 < len(todo) <= limit:
             # Replay the one-token step with only this row live: no new shape to trace or capture.
             live = self.state[LIVE].clone()
             self.state[LIVE] = 0
