@@ -231,7 +231,9 @@ class Engine:
         if B == 1 and kernels != "torch" and triton_usable(dev):
             self._sampler = TritonSampler(V, dev)
             self._sampler.seed, self._sampler.draws = self.state[SEED, :1], self.state[DRAWS, :1]
-        self.min_window = MIN_WINDOW
+        # Batched rows attend over the whole cache: a window picked by the batch's longest text would
+        # change how a row's attention is reduced (and so its rounding) with who else is in the batch.
+        self.min_window = MIN_WINDOW if B == 1 else C
         self.use_graphs = cuda if cuda_graphs is None else bool(cuda_graphs) and cuda
         # Steps per host read, and reads in flight: on CUDA the GPU runs ahead while the host streams.
         self.chunk = chunk or (8 if cuda else 4 if dev.type == "mps" else 1)
