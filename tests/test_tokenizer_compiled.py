@@ -193,3 +193,22 @@ def test_a_dropped_tokenizer_is_freed(trained):
     del tok
     gc.collect()
     assert ref() is None
+
+
+
+def test_an_encoder_entered_again_from_its_callback_hands_the_text_to_python(pair):
+    """A callback into Python (a long pre-token) can let another thread call the same encoder mid-encode;
+    it must not touch the cache under the first call's feet: while busy, encode answers None (the
+    Tokenizer then takes the Python path)."""
+    pure, _ = pair
+    inner = []
+
+    def long_bpe(piece):
+        inner.append(encoder.encode(" ".join(f"new{i}" for i in range(3000))))  # would grow the cache
+        return pure._bpe(piece)
+
+    encoder = compiled_path.make_encoder(pure._byte_ids, pure._merge_pairs, pure._merge_result, long_bpe, 1 << 18)
+    text = "a " + "=" * 300 + " b"
+    assert encoder.encode(text) == pure.encode(text)
+    assert inner == [None]
+    assert encoder.encode("new1 new2") == pure.encode("new1 new2")  # not busy any more

@@ -170,6 +170,7 @@ typedef struct {
     PyObject *long_bpe;
     PieceCache cache;
     size_t max_entries;
+    int busy;  /* inside encode_into: a callback let another thread in (see encode_into) */
 } Encoder;
 
 static inline uint64_t pair_key(int32_t a, int32_t b) {
@@ -315,12 +316,8 @@ static Py_ssize_t utf8_of(const Text *t, Py_ssize_t i, Py_ssize_t j, uint8_t *bu
     return n;
 }
 
-/* The ids of text into out: 0, -1 with an exception, or 1 for a lone surrogate (no exception). */
-static int encode_into(Encoder *e, PyObject *text, IntBuf *out) {
-    if (!e->pair_keys || !e->classify || !e->long_bpe) {
-        PyErr_SetString(PyExc_RuntimeError, "Encoder was not initialised");
-        return -1;
-    }
+/* The ids of text into out (see encode_into). */
+static int encode_text(Encoder *e, PyObject *text, IntBuf *out) {
     Text t;
     t.kind = PyUnicode_KIND(text);
     t.data = PyUnicode_DATA(text);
@@ -393,6 +390,21 @@ static int encode_into(Encoder *e, PyObject *text, IntBuf *out) {
     }
     PyMem_Free(scratch);
     PyMem_Free(t.cls);
+    return status;
+}
+
+/* The ids of text into out: 0, -1 with an exception, or 1 when the Python path must encode it
+   (a lone surrogate, or the encoder is busy: a callback into Python released the GIL and another
+   thread came in, and the cache must not change under the first one's feet). */
+static int encode_into(Encoder *e, PyObject *text, IntBuf *out) {
+    if (!e->pair_keys || !e->classify || !e->long_bpe) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder was not initialised");
+        return -1;
+    }
+    if (e->busy) return 1;
+    e->busy = 1;
+    int status = encode_text(e, text, out);
+    e->busy = 0;
     return status;
 }
 
