@@ -71,7 +71,8 @@ class Server:
             self.thread.join(timeout=30)
 
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> tuple[TextRequest, asyncio.Event]:
-        if self.engine.pending() >= self.max_queue:
+        e = self.engine
+        if e.pending() - (e.max_batch - e.active) >= self.max_queue:  # beyond the free slots, the queue is full
             self.rejected_total += 1
             raise BadRequest(f"the server is busy: {self.engine.active} requests are decoding and "
                              f"{self.engine.pending()} wait (the queue holds {self.max_queue}); retry shortly",
