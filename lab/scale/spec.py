@@ -102,8 +102,11 @@ def _label(model) -> str:
     return f"d{model.d_model}L{model.num_layers}"
 
 
-def load_scale(path: str | Path, *, name: str | None = None) -> ScaleSpec:
-    """Read and check a study file and every run it implies; ConfigError lists all problems at once."""
+def load_scale(path: str | Path, *, name: str | None = None, check_data: bool = True) -> ScaleSpec:
+    """Read and check a study file and every run it implies; ConfigError lists all problems at once.
+
+    ``check_data=False`` skips the check that a named dataset is downloaded (the queue's check).
+    """
     from lm.calc import count_params, training_flops_per_token
     from lm.config.loader import load_experiment, toml_value
     from lm.config.schema import PRESETS, ModelConfig, default_d_ff
@@ -218,9 +221,17 @@ def load_scale(path: str | Path, *, name: str | None = None) -> ScaleSpec:
                                 flops=fpt * tokens, budget=b, overrides=ov))
     if problems:
         raise ConfigError(problems, source=source)
-    from lab.queue.validate import resolve_all
+    # Every run's config is valid (and, with check_data, its dataset downloaded) before any starts.
+    if check_data:
+        from lab.queue.validate import resolve_all
 
-    resolve_all([(str(base), p.overrides) for p in points])  # every run's config is valid before any starts
+        try:
+            resolve_all([(str(base), p.overrides) for p in points])
+        except ConfigError as e:  # the same missing dataset would otherwise be named once per point
+            raise ConfigError(list(dict.fromkeys(e.problems)), source=e.source) from None
+    else:
+        for p in points:
+            load_experiment(base, p.overrides)
     return ScaleSpec(name=study, path=path, base=base, rule=rule, points=points,
                      description=str(raw.get("description", "")), past_optimal=float(past), fixed=fixed)
 
