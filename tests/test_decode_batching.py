@@ -5,6 +5,8 @@ slots are reused, the queue waits for a free slot, cancelling frees a slot at on
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import pytest
 
@@ -115,3 +117,36 @@ def test_a_shared_prefix_is_read_once(model):
         engine.run_round()
     assert reads == [(11, 0), (2, 14)]  # the turn reads only what the slot's cache lacks
     assert _tokens(second) == _run_alone(model, follow, second.params)
+
+
+def test_a_failing_step_fails_the_requests_in_flight_and_the_engine_serves_on(model):
+    engine = Engine(model, max_batch=2)
+    real, calls = engine._launch_chunk, []
+
+    def launch():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real()
+    engine._launch_chunk = launch
+    thread = threading.Thread(target=engine.serve_forever, daemon=True)
+    thread.start()
+    try:
+        failed = [engine.submit(Request([1, 2], SamplingParams(temperature=0, max_new_tokens=20))) for _ in range(3)]
+        _wait(lambda: all(r.done for r in failed))
+        assert all(r.finish_reason == "error" and "out of memory" in r.error for r in failed)
+        after = engine.submit(Request([3], SamplingParams(temperature=0, max_new_tokens=4)))
+        _wait(lambda: after.done)
+        assert after.finish_reason == "length" and _tokens(after) == _run_alone(model, [3], after.params)
+        assert engine.active == 0 and engine.pending() == 0
+    finally:
+        engine.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def _wait(done, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "the engine thread did not finish in time"
+        time.sleep(0.01)

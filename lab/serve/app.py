@@ -95,12 +95,17 @@ async def _items(r: TextRequest, wake: asyncio.Event) -> AsyncIterator:
                 if item.finished or item.event == "error":
                     return
             if r.error is not None:
-                raise LabError(r.error)
+                return
             await wake.wait()
             wake.clear()
     finally:
         if not r.done:
             r.cancel()
+
+
+def _raise_engine_error(r: TextRequest) -> None:
+    if r.error is not None:
+        raise BadRequest(r.error, None, 500, "engine_error")
 
 
 def _usage(r: TextRequest) -> dict:
@@ -207,6 +212,7 @@ def create_app(server: Server) -> FastAPI:
             return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         async for _ in _items(r, wake):
             pass
+        _raise_engine_error(r)
         out = chunk(head + r.output, FINISH.get(r.finish_reason, "stop"))
         out["usage"] = _usage(r)
         return out
@@ -237,6 +243,7 @@ def create_app(server: Server) -> FastAPI:
             return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         async for _ in _items(r, wake):
             pass
+        _raise_engine_error(r)
         return {"id": cid, "object": "chat.completion", "created": created, "model": server.model_id,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": r.output}, "logprobs": None,
                              "finish_reason": FINISH.get(r.finish_reason, "stop")}],

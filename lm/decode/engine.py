@@ -298,7 +298,26 @@ class Engine:
                         return
                     self._lock.wait(idle)
                     continue
-            self.run_round()
+            try:
+                self.run_round()
+            except Exception as e:  # e.g. CUDA out of memory: fail what is in flight, keep serving
+                self._fail_all(f"decoding failed ({type(e).__name__}: {e})")
+
+    def _fail_all(self, message: str) -> None:
+        """Finish every admitted and waiting request with ``message`` as its error; free every slot."""
+        with self._lock:
+            self.waiting.extend(self._submitted)
+            self._submitted.clear()
+        requests = [s.request for s in self.slots if s.request is not None] + list(self.waiting)
+        self.waiting.clear()
+        self._inflight.clear()
+        for b, slot in enumerate(self.slots):
+            slot.request, slot.cached = None, []
+            slot.epoch += 1
+        self.state[LIVE] = 0
+        for r in requests:
+            r.error = message
+            r.finish("error")
 
     def stop(self) -> None:
         with self._lock:
