@@ -35,8 +35,8 @@ def run(args) -> int:
     result = export_run(args.run_dir, args.format, args.out, checkpoint=args.checkpoint, dtype=args.dtype,
                         force=args.force)
     step = f"step {result.iteration}, " if result.iteration is not None else ""
-    print(f"exported {result.checkpoint} ({step}{result.num_params / 1e6:.2f}M parameters) as a "
-          f"{FORMAT_NAMES[args.format]} in {time.perf_counter() - t0:.1f}s:", file=sys.stderr)
+    print(f"exported {result.checkpoint} ({step}{result.num_params / 1e6:.2f}M parameters) to {result.out} "
+          f"({FORMAT_NAMES[args.format]}) in {time.perf_counter() - t0:.1f}s:", file=sys.stderr)
     for path in result.files:
         print(f"  {path}")
     print(NEXT_STEPS[args.format].format(out=result.out), file=sys.stderr)

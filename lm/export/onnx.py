@@ -12,8 +12,9 @@ a Hugging Face ``tokenizer.json`` (for onnxruntime users in other languages).
 from __future__ import annotations
 
 import copy
-import logging
 import importlib.util
+import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -159,8 +160,14 @@ def write(model, tokenizer, out: Path, *, experiment: dict, iteration: int | Non
     from lm.export.hf_tokenizer import write_hf_tokenizer
 
     model = model.float().eval()
-    graph = export_graph(model, out / MODEL_FILE)
-    diff = verify(model, graph)
+    # Written under a temporary name and renamed once onnxruntime agrees: a model.onnx is always a checked one.
+    pending = out / f".{MODEL_FILE}.unverified"
+    try:
+        diff = verify(model, export_graph(model, pending))
+        graph = out / MODEL_FILE
+        os.replace(pending, graph)
+    finally:
+        pending.unlink(missing_ok=True)
     cfg = {"format": "lab-onnx/1", "model": to_dict(model.cfg), "experiment": experiment, "iteration": iteration,
            "inputs": {"input_ids": "int64 [batch, sequence <= context_length]"},
            "outputs": {"logits": "float32 [batch, sequence, vocab_size]"},
