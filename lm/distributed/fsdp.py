@@ -27,6 +27,11 @@ class FSDPParallel(Parallel):
     mode = "fsdp"
     shards_state = True
 
+    @property
+    def compiles_model(self) -> bool:
+        """Under FSDP2 each block is compiled on its own (the hooks between blocks stay eager)."""
+        return bool(self.policy is not None and self.policy.compile)
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -37,6 +42,8 @@ class FSDPParallel(Parallel):
         if self.policy is not None and self.policy.dtype == "bf16":
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in model.layers:
+            if self.compiles_model:  # torchtitan's order: compile each block, then shard it
+                block.compile()
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
         return model

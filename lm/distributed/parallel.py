@@ -25,6 +25,8 @@ class Parallel:
     mode = "none"
     shards_state = False
     """Whether parameters/optimizer state are sharded (checkpoints then go through DCP)."""
+    compiles_model = False
+    """Whether the mode compiles the model itself (then the trainer does not compile the whole of it)."""
 
     def __init__(self, env: DistEnv, device: torch.device, policy=None):
         self.env = env

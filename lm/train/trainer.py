@@ -176,7 +176,8 @@ class Trainer:
         if resume_from is not None:
             rng_state = self._restore(Path(resume_from))
         # Compiling wraps the module; checkpoints always save the underlying one.
-        self.train_model = torch.compile(wrapped) if policy.compile else wrapped
+        whole = policy.compile and not (self.par is not None and self.par.compiles_model)
+        self.train_model = torch.compile(wrapped) if whole else wrapped
         self.model.train()
         if rng_state is not None:
             missing = restore_rng(rng_state, policy.device)  # last: nothing above may draw after it
