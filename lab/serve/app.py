@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lab.serve.protocol import BadRequest, ChatBody, CompletionBody, Job, chat_job, completion_job
-from lm.decode import Engine, Request as DecodeRequest, TextRequest, eos_token_id, token_byte_table  # noqa: F401
+from lm.decode import Engine, TextRequest, eos_token_id, token_byte_table
 from lm.errors import LabError
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "stop", "error": "stop"}
