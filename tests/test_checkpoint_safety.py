@@ -110,7 +110,7 @@ def test_resume_latest_and_step_n_never_run_a_payload(trained, tmp_path):
 
 @pytest.mark.slow
 def test_the_queue_resume_command_never_runs_a_payload(trained, tmp_path):
-    from lab.queue import process
+    from lab import processes as process
 
     run = _copy(trained, tmp_path)
     marker = tmp_path / "ran"
