@@ -65,7 +65,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Writer, *, mode: i
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        try:
+            os.chmod(tmp, mode)
+        except OSError:  # filesystems without Unix permissions (exFAT, some network mounts)
+            pass
         _rename(tmp, os.fspath(path))
     except BaseException:
         try:

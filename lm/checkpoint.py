@@ -38,6 +38,8 @@ def _legacy_numpy_globals() -> list:
         return []
     core = getattr(np, "_core", None) or np.core
     allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    if core.__name__ == "numpy._core":  # numpy 2 reading a file pickled under numpy 1
+        allowed.append((core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"))
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [dtypes.UInt32DType, dtypes.Float64DType, dtypes.Int64DType]
