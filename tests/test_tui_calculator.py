@@ -57,3 +57,31 @@ def test_memory_bar_fills_with_the_fraction_and_turns_red_when_over():
     assert half.plain == "█████░░░░░"
     over = memory_bar(40, 16, width=10)
     assert over.plain == "█" * 10 and "red" in str(over.style) and "red" not in str(half.style)
+
+
+def test_the_table_keeps_its_column_widths_after_switching_experiment(tmp_path):
+    """Seen at 120x40: after picking another experiment the columns shrank to their headers' widths."""
+    (tmp_path / "experiments").mkdir()
+    for name, d in (("a", 64), ("b", 128), ("c", 256)):
+        (tmp_path / "experiments" / f"{name}.toml").write_text(
+            f'name = "{name}"\n[model]\npreset = "tiny"\nd_model = {d}\n[training]\ndevice = "cpu"\n')
+    app = LabApp(tmp_path / "runs", cwd=tmp_path, initial_tab="calculator", poll_interval=60)
+
+    async def main():
+        async with app.run_test(size=(120, 40)) as pilot:
+            pane = app.query_one("#calculator-pane")
+            await wait_for(pilot, lambda: len(pane.results) == 2)
+            sel, table = app.query_one("#calc-config"), app.query_one("#calc-table")
+            for rep in range(2):
+                for name in ("a", "b", "c"):
+                    sel.value = f"experiments/{name}.toml"
+                    await pilot.pause(0.02)
+            await wait_for(pilot, lambda: table.row_count == 9 and table.ordered_columns, timeout=20)
+            await pilot.pause(1.0)  # the estimates of every switch have arrived
+            widths = [c.get_render_width(table) - 2 * table.cell_padding for c in table.ordered_columns]
+            cells = [max(len(str(table.get_cell_at((r, i)).plain if hasattr(table.get_cell_at((r, i)), "plain")
+                                 else table.get_cell_at((r, i)))) for r in range(table.row_count))
+                     for i in range(len(widths))]
+            assert all(w >= c for w, c in zip(widths, cells)), (widths, cells)
+
+    asyncio.run(main())

@@ -64,6 +64,25 @@ def form_fields() -> list[FormField]:
     return out
 
 
+def find_field(fields: list[FormField], query: str) -> FormField | None:
+    """The field a search names: its exact key or name, else the first key containing it, else the
+    closest spelling (``warmpu`` finds ``schedule.warmup_steps``)."""
+    import difflib
+
+    q = query.strip().lower()
+    if not q:
+        return None
+    for f in fields:
+        if q in (f.key.lower(), f.doc.name.lower()):
+            return f
+    for f in fields:
+        if q in f.key.lower():
+            return f
+    names = {f.doc.name.lower(): f for f in fields} | {f.key.lower(): f for f in fields}
+    close = difflib.get_close_matches(q, list(names), n=1, cutoff=0.6)
+    return names[close[0]] if close else None
+
+
 def values_of(cfg: ExperimentConfig) -> dict[str, object]:
     """{dotted key: python value} of a resolved config (None for unset optional keys)."""
     d = to_dict(cfg)
@@ -244,13 +263,76 @@ def save_path(name: str, base_dir: Path | None = None) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def save_experiment(cfg: ExperimentConfig, name: str, base_dir: Path | None = None) -> Path:
-    """Write the resolved config (tomli-w, via dump_experiment) to a new file; never overwrites."""
+_LINE_RE = re.compile(r"^(\s*)([A-Za-z_][\w-]*)(\s*=\s*)(.*?)(\s+#.*)?$")
+_TABLE_RE = re.compile(r"^\s*\[([^\[\]]+)\]\s*(#.*)?$")
+
+
+def patch_text(original: str, changes: dict[str, object]) -> str:
+    """``original`` TOML with the dotted keys in ``changes`` set to their new values, every other line
+    (comments, order, presets) kept; a None value removes the key (its default applies again).
+
+    A key's line keeps its trailing comment; a key the text lacks is added under its section
+    (a new section at the end if there is none). Values are written as TOML (``toml_value``).
+    """
+    lines = original.splitlines()
+    pending = dict(changes)
+    section = ""
+    out: list[str] = []
+    section_end: dict[str, int] = {}
+    for line in lines:
+        table = _TABLE_RE.match(line)
+        if table:
+            section = table[1].strip()
+            out.append(line)
+            section_end[section] = len(out)
+            continue
+        m = _LINE_RE.match(line)
+        key = f"{section}.{m[2]}" if m and section else (m[2] if m else None)
+        if key is not None and key in pending:
+            value = pending.pop(key)
+            if value is not None:
+                out.append(f"{m[1]}{m[2]}{m[3]}{toml_value(value)}{m[5] or ''}")
+        else:
+            out.append(line)
+        if line.strip() and not line.lstrip().startswith("#"):
+            section_end[section] = len(out)
+    # Keys the text did not have: under their section, top-level keys before the first table.
+    inserts: dict[int, list[str]] = {}
+    new_sections: dict[str, list[str]] = {}
+    for key, value in pending.items():
+        if value is None:
+            continue
+        sec, _, name = key.rpartition(".")
+        line = f"{name} = {toml_value(value)}"
+        if sec in section_end or not sec:
+            inserts.setdefault(section_end.get(sec, 0), []).append(line)
+        else:
+            new_sections.setdefault(sec, []).append(line)
+    for at in sorted(inserts, reverse=True):
+        out[at:at] = inserts[at]
+    for sec, rows in new_sections.items():
+        out += ["", f"[{sec}]", *rows]
+    return "\n".join(out) + "\n"
+
+
+def save_experiment(cfg: ExperimentConfig, name: str, base_dir: Path | None = None, text: str | None = None) -> Path:
+    """Write the config to a new file (never overwrites one).
+
+    ``text`` (the experiment's own TOML with the edits applied, comments and all) is written when it
+    loads, from the new file's place, to exactly ``cfg``; otherwise the resolved config (tomli-w, via
+    dump_experiment), which always does.
+    """
     path = save_path(name, base_dir)
     if path.exists():
         raise LabError(f"{path} already exists; choose another name (the console never overwrites a file)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dump_experiment(cfg)
+    if text is not None:
+        try:
+            same = load_experiment_text(text, str(path), base_dir=path.parent) == cfg
+        except LabError:
+            same = False
+        text = text if same else None
+    text = text if text is not None else dump_experiment(cfg)
     tomllib.loads(text)  # dump_experiment's contract: it loads back; fail here rather than leave a bad file
     with open(path, "x", encoding="utf-8") as f:
         f.write(text)

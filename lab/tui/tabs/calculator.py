@@ -203,10 +203,13 @@ class CalculatorPane(LabPane):
         if not ok:
             self.query_one("#calc-bars", Static).update(Text("select one or more devices", style="dim"))
             return
-        table.add_column("", key="row")
-        for est in ok:
-            table.add_column(est.device.key, key=est.device.key)
         columns = [estimate_cells(est) for est in ok]
+        # Explicit widths from the content: after clear(columns=True) DataTable's auto width can keep only
+        # the headers' widths (the table collapsed to '', 'm4', 'rtx4090' after switching experiment).
+        table.add_column("", key="row", width=max(len(r) for r in ROWS))
+        for est, col in zip(ok, columns):
+            width = max([len(est.device.key)] + [len(c.plain if isinstance(c, Text) else str(c)) for c in col])
+            table.add_column(est.device.key, key=est.device.key, width=width)
         for i, row in enumerate(ROWS):
             table.add_row(row, *[col[i] for col in columns], key=row)
         bars = Text()

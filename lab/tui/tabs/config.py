@@ -21,7 +21,8 @@ from textual.lazy import Lazy
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static, Switch, TextArea
 
-from lab.views.config_doc import (ExperimentDoc, FormField, display_text, form_fields, parse_input, save_experiment,
+from lab.views.config_doc import (ExperimentDoc, FormField, display_text, find_field, form_fields, parse_input,
+                                  patch_text, save_experiment,
                                 toml_from_values, validate_text, values_from_toml_dict, values_of)
 from lab.tui.tabs.base import LabPane
 from lab.tui.messages import CalcDone, notify
@@ -79,6 +80,7 @@ class ConfigPane(LabPane):
         Binding("ctrl+s", "save_as", "Save as", tooltip="save the config as a new experiment file (never overwrites)"),
         Binding("ctrl+r", "toggle_raw", "Raw TOML", tooltip="switch between the form and the raw TOML text"),
         Binding("ctrl+o", "open_file", "Open file", tooltip="open an experiment file by path"),
+        Binding("ctrl+f", "find_key", "Find key", tooltip="jump to a key of the form (e.g. lr, model.norm)"),
     ]
 
     @classmethod
@@ -362,11 +364,51 @@ class ConfigPane(LabPane):
             return
         self._open(str(event.value))
 
+    def is_edited(self) -> bool:
+        """Whether the form (or the raw TOML) differs from the experiment as it was opened or saved."""
+        if self._raw_visible():
+            return self.query_one("#config-raw", TextArea).text != self.doc.original_text
+        if self.doc.loaded is None:
+            return self.current_values() != self.doc.form_values()
+        v = validate_text(toml_from_values(self.current_values()), self._source_name(), self.cwd)
+        return not v.ok or v.cfg != self.doc.loaded
+
     def _open(self, path: str) -> None:
+        """Open another experiment; unsaved edits are discarded only after asking."""
+        if not self.is_edited():
+            self._open_now(path)
+            return
+        from lab.tui.screens.confirm import ConfirmScreen
+
+        def answered(discard: bool | None) -> None:
+            if discard:
+                self._open_now(path)
+            else:  # keep editing: the picker goes back to the experiment being edited
+                self._select_quietly(self.doc.source)
+
+        name = self.doc.source or "the new experiment"
+        self.app.push_screen(ConfirmScreen(f"{name} has unsaved edits. Open {path} and discard them? "
+                                           "(ctrl+s saves them as a new file)"), answered)
+
+    def _select_quietly(self, source: str) -> None:
+        """Show ``source`` in the experiment picker without opening it again."""
+        sel = self.query_one("#experiment-select", Select)
+        if source and source not in self._files:
+            self._files.insert(0, source)
+            sel.set_options([(f, f) for f in self._files])
+        self._quiet = True
+        sel.value = source if source else Select.NULL
+        self.call_after_refresh(self._unquiet_only)
+
+    def _unquiet_only(self) -> None:
+        self._quiet = False
+
+    def _open_now(self, path: str) -> None:
         try:
             doc = ExperimentDoc.open(path, base_dir=self.cwd, strict=False)
         except LabError as e:
             notify(self, str(e), severity="error", timeout=8)
+            self._select_quietly(self.doc.source)
             return
         self.open_doc(doc)
         notify(self, f"opened {doc.source}" + ("" if doc.loaded is not None else ": it has problems (shown as TOML "
@@ -382,6 +424,27 @@ class ConfigPane(LabPane):
 
         self.app.push_screen(PromptScreen("Open an experiment file (a path, or a name under experiments/):",
                                           self.doc.source), done)
+
+    def action_find_key(self) -> None:
+        """Jump to a key of the form: its exact name, a part of it, or the closest spelling."""
+        from lab.tui.screens.prompt import PromptScreen
+
+        def done(query: str | None) -> None:
+            if not query or not query.strip():
+                return
+            if self._raw_visible():
+                notify(self, "the form is hidden: ctrl+r shows it, then ctrl+f finds a key", severity="warning")
+                return
+            f = find_field(self.fields, query)
+            if f is None:
+                notify(self, f"no key like {query.strip()!r} in the form", severity="warning")
+                return
+            widget = self.query_one(f"#{f.widget_id}")
+            widget.focus()
+            widget.scroll_visible(animate=False)
+            notify(self, f"{f.key}: {f.doc.doc}", timeout=4)
+
+        self.app.push_screen(PromptScreen("Jump to a key (lr, model.norm, warmup ...):"), done)
 
     def action_toggle_raw(self) -> None:
         raw = self.query_one("#config-raw", TextArea)
@@ -419,22 +482,40 @@ class ConfigPane(LabPane):
             notify(self, f"fix the {len(self.validation.problems)} problem(s) before saving", severity="error")
             return
 
+        text = self._text_to_save()
+
         def done(name: str | None) -> None:
             if not name:
                 return
             try:
-                path = save_experiment(cfg, name, self.cwd)
+                path = save_experiment(cfg, name, self.cwd, text=text)
             except LabError as e:
                 notify(self, str(e), severity="error", timeout=8)
                 return
             rel = str(path.relative_to(self.cwd)) if path.is_relative_to(self.cwd) else str(path)
             self.doc = ExperimentDoc(rel, (), cfg, path.read_text(encoding="utf-8"))
-            self._show_source()
-            notify(self, f"saved {rel}")
+            if self._raw_visible():
+                self.query_one("#config-raw", TextArea).text = self.doc.original_text
+            self._select_quietly(rel)  # the picker shows the new file: it is what is being edited now
+            self.validate_now()
+            kept = text is not None and self.doc.original_text == text
+            notify(self, f"saved {rel}" + (" (comments kept)" if kept and "#" in text else ""))
 
         self.app.push_screen(PromptScreen("Save as a new experiment file:", f"experiments/{cfg.name}.toml",
                                           "A bare name goes to experiments/NAME.toml; existing files are "
                                           "never overwritten."), done)
+
+    def _text_to_save(self) -> str | None:
+        """The experiment's own text with the edits applied (comments kept), or None for a new one."""
+        if self._raw_visible():
+            return self.query_one("#config-raw", TextArea).text
+        if not self.doc.original_text or self.doc.overrides:
+            return None
+        before, now = self.doc.form_values(), self.current_values()
+        empty = ("", None)  # an empty field and an unset key are the same default
+        changed = {k: v for k, v in now.items()
+                   if before.get(k) != v and not (before.get(k) in empty and v in empty)}
+        return patch_text(self.doc.original_text, changed)
 
     async def action_launch(self) -> None:
         self.validate_now()
