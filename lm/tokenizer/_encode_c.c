@@ -380,7 +380,7 @@ static int encode_text(Encoder *e, PyObject *text, IntBuf *out) {
                 cache_clear(&e->cache);
                 s = cache_find(&e->cache, key, len, h);
             }
-            if (len <= (1 << 16) &&  /* a blob without spaces is not worth keeping */
+            if (len <= 4096 &&  /* bounds the cache (and its uint32 offsets): blobs without spaces are not kept */
                 cache_insert(&e->cache, s, key, len, h, out->data + before, out->len - before) < 0) {
                 status = -1;
                 break;
