@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lm.atomic import atomic_rename
 from lm.config.schema import to_dict
 from lm.errors import ExportError
 from lm.export.files import write_json
@@ -165,7 +165,7 @@ def write(model, tokenizer, out: Path, *, experiment: dict, iteration: int | Non
     try:
         diff = verify(model, export_graph(model, pending))
         graph = out / MODEL_FILE
-        os.replace(pending, graph)
+        atomic_rename(pending, graph)
     finally:
         pending.unlink(missing_ok=True)
     cfg = {"format": "lab-onnx/1", "model": to_dict(model.cfg), "experiment": experiment, "iteration": iteration,
