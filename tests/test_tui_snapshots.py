@@ -78,6 +78,10 @@ async def _settled(pilot, tab: str) -> None:
         await wait_for(pilot, chart_fits)
     elif tab == "chat":
         await wait_for(pilot, lambda: str(app.query_one("#chat-run").value).endswith("baseline-20250101-120000"))
+    from textual.widgets import Input
+
+    for field in app.query(Input):  # a blinking cursor is on or off depending on when the picture is taken
+        field.cursor_blink = False
     await pilot.pause(0.3)
 
 
