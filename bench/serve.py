@@ -53,7 +53,7 @@ def write_run(root: Path, preset: str) -> Path:
     """A run directory with a random model of ``preset`` (bf16 on CUDA) and a byte tokenizer."""
     import torch
 
-    from lm.checkpoint import atomic_torch_save
+    from lm.checkpoint_file import atomic_torch_save
     from lm.config import ExperimentConfig, to_dict
     from lm.model import ModelConfig, TransformerLM
     from lm.tokenizer import Tokenizer

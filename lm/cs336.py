@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lm import functional as LF
 from lm import optim
-from lm.checkpoint import load_checkpoint, save_checkpoint
+from lm.checkpoint_file import load_checkpoint, save_checkpoint
 from lm.config.schema import ModelConfig
 from lm.errors import DataError, LabError
 from lm.model import (

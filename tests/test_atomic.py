@@ -94,13 +94,13 @@ def _writers(tmp_path: Path):
     from lab.cli import main as lab_main
     from lab.queue.store import QueueStore
     from lm.bench.harness import write_json as bench_results
-    from lm.checkpoint import save_checkpoint
+    from lm.checkpoint_file import save_checkpoint
     from lm.config.loader import load_experiment_text, write_resolved
     from lm.data import builtin, download
     from lm.runs import atomic_write_json, truncate_jsonl_after_step
     from lm.tokenizer import Tokenizer
     from lm.tokenizer.gpt2_files import write_tokenizer_files
-    from lm.train.checkpointing import CheckpointDir
+    from lm.train.run_checkpoints import CheckpointDir
 
     cfg = load_experiment_text('name = "x"\n', "x.toml", check_paths=False)
     model = torch.nn.Linear(2, 2)

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from lm.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint, torch_load
+from lm.checkpoint_file import atomic_torch_save, load_checkpoint, save_checkpoint, torch_load
 from lm.errors import CheckpointError
 from lm.functional import cross_entropy
 from lm.model import ModelConfig, TransformerLM

@@ -20,7 +20,7 @@ import pytest
 import torch
 from test_train_cli import experiment, lab, run_in_process
 
-from lm.checkpoint import torch_load
+from lm.checkpoint_file import torch_load
 from lm.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +242,7 @@ def test_the_only_torch_load_is_the_weights_only_one():
                         and isinstance(node.func.value, ast.Name) and node.func.value.id in ("torch", "pickle"):
                     kw = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
                     calls.append((str(path.relative_to(root)), kw.get("weights_only")))
-    assert calls == [("lm/checkpoint.py", True)]
+    assert calls == [("lm/checkpoint_file.py", True)]
 
 
 def test_errors_survive_a_process_boundary():
@@ -264,7 +264,7 @@ def _dcp_folder(tmp_path):
 def test_sharded_checkpoints_load_through_the_safe_reader(tmp_path):
     import torch.distributed.checkpoint as dcp
 
-    from lm.checkpoint import dcp_reader
+    from lm.checkpoint_file import dcp_reader
 
     m, folder = _dcp_folder(tmp_path)
     target = {"model": {k: torch.zeros_like(v) for k, v in m.state_dict().items()}}
@@ -275,7 +275,7 @@ def test_sharded_checkpoints_load_through_the_safe_reader(tmp_path):
 def test_a_payload_in_sharded_metadata_never_runs(tmp_path):
     import pickle
 
-    from lm.checkpoint import dcp_reader
+    from lm.checkpoint_file import dcp_reader
 
     _, folder = _dcp_folder(tmp_path)
     marker = tmp_path / "ran"

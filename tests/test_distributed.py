@@ -24,7 +24,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lm.checkpoint import torch_load
+from lm.checkpoint_file import torch_load
 from lm.data.batches import BatchSampler
 from lm.distributed.data import RankSlice, batch_split_problem, check_batch_split
 from lm.distributed.faults import describe_failures

@@ -295,7 +295,7 @@ def test_safetensors_export_loads_wherever_a_run_does(tmp_path, tokenizer, capsy
 
 
 def test_best_checkpoint_is_also_written_as_safetensors(tmp_path):
-    from lm.train.checkpointing import CheckpointDir
+    from lm.train.run_checkpoints import CheckpointDir
 
     model = random_model(ODD)
     ckpts = CheckpointDir(tmp_path / "checkpoints", keep_last=2)
@@ -375,7 +375,7 @@ def test_missing_run_checkpoint_and_full_output_folder_get_clear_errors(tmp_path
 def test_a_trained_run_exports_through_the_cli(tmp_path):
     """`lab run` (in process, 10 steps) writes best.safetensors equal to best.pt; `lab export` of the run
     gives transformers the same logits as lab's loader, and the tokenizer the trainer trained."""
-    from lm.checkpoint import torch_load
+    from lm.checkpoint_file import torch_load
     from lm.decode import load as open_run
     from test_train_cli import experiment, run_in_process
 

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from lm.checkpoint import atomic_torch_save
+from lm.checkpoint_file import atomic_torch_save
 from lm.errors import CheckpointError, LabError
 from lm.decode import Generator, SamplingParams, load, load_model, resolve_device, resolve_dtype
 from lm.model import TransformerLM

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lm.checkpoint import atomic_torch_save
+from lm.checkpoint_file import atomic_torch_save
 from lm.config import ExperimentConfig, to_dict
 from lm.functional import cross_entropy
 from lm.model import ModelConfig, TransformerLM

@@ -12,11 +12,11 @@ import math
 
 import pytest
 
-from lab.compare import IGNORED_KEYS, config_diff, load_run, summarize
+from lab.run_comparison import IGNORED_KEYS, config_diff, load_run, summarize
 from lab.views.charts import ChartCurve, render_chart
 from lab.views.run_tail import RunTail
 from lab.views.series import MinMaxSeries, downsample
-from test_compare import make_run as make_compare_run
+from test_run_comparison import make_run as make_compare_run
 from test_tui_support import make_run
 
 

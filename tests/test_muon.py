@@ -19,7 +19,7 @@ from lm.calc.optimizer import muon_params, newton_schulz_flops, newton_schulz_fl
 from lm.config.schema import ExperimentConfig, ModelConfig
 from lm.muon import Muon, muon_param_groups, newton_schulz
 from lm.runs import RunDir
-from lm.checkpoint import torch_load
+from lm.checkpoint_file import torch_load
 
 import test_train as tt
 

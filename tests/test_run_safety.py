@@ -12,12 +12,12 @@ import time
 import pytest
 from test_train_cli import experiment
 
-from lm.checkpoint import torch_load
+from lm.checkpoint_file import torch_load
 from lm.config.loader import load_experiment
 from lm.errors import CheckpointError, LabError
 from lm.processes import ALIVE, DEAD, REUSED, identity, process_start, process_state
 from lm.runs import RunDir
-from lm.train import checkpointing
+from lm.train import run_checkpoints
 
 
 def _disk_full(*args, **kwargs):
@@ -34,7 +34,7 @@ def test_checkpoint_on_a_full_disk_is_one_paragraph_and_the_run_resumes(tmp_path
     exp = experiment(tmp_path, training={"steps": 20, "log_every": 10}, eval={"every": 10},
                      checkpoint={"every": 10, "keep_last": 2})
     run = tmp_path / "run"
-    real = checkpointing.atomic_torch_save
+    real = run_checkpoints.atomic_torch_save
     calls = []
 
     def save(obj, path):
@@ -43,7 +43,7 @@ def test_checkpoint_on_a_full_disk_is_one_paragraph_and_the_run_resumes(tmp_path
             _disk_full()
         real(obj, path)
 
-    monkeypatch.setattr(checkpointing, "atomic_torch_save", save)
+    monkeypatch.setattr(run_checkpoints, "atomic_torch_save", save)
     with pytest.raises(CheckpointError) as e:
         run_experiment(load_experiment(exp), run_dir=run)
     msg = str(e.value)
@@ -53,7 +53,7 @@ def test_checkpoint_on_a_full_disk_is_one_paragraph_and_the_run_resumes(tmp_path
     assert status["state"] == "failed" and "is full" in status["message"]
     assert torch_load(run / "checkpoints" / "latest.pt")["iteration"] == 10  # the last checkpoint is intact
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
-    monkeypatch.setattr(checkpointing, "atomic_torch_save", real)
+    monkeypatch.setattr(run_checkpoints, "atomic_torch_save", real)
     assert run_experiment(resume=run) == 0
     assert torch_load(run / "checkpoints" / "latest.pt")["iteration"] == 20
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.checkpoint import torch_load
+from lm.checkpoint_file import torch_load
 from lm.config.schema import ExperimentConfig, ModelConfig
 from lm.errors import CheckpointError
 from lm.runs import RunDir

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lm.checkpoint import torch_load
+from lm.checkpoint_file import torch_load
 from lm.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent

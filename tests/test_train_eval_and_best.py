@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_train import CPU, VOCAB, make, tiny_cfg, tokens
 
-from lm.checkpoint import atomic_torch_save, torch_load
+from lm.checkpoint_file import atomic_torch_save, torch_load
 from lm.model import TransformerLM
 from lm.runs import RunDir
-from lm.train.checkpointing import CheckpointDir
+from lm.train.run_checkpoints import CheckpointDir
 from lm.train.evaluate import evaluate
 from lm.train.recorder import RunRecorder
 

@@ -235,7 +235,7 @@ def _table(results, modes, compare: bool, device):
 def _print_comparisons(con, results) -> None:
     from rich.table import Table
 
-    from lm.bench.compare import _fmt, comparison
+    from lm.bench.calc_comparison import _fmt, comparison
 
     for r in results:
         if r.error or not r.prediction:

@@ -34,7 +34,7 @@ def run(args) -> int:
     import json
     import sys
 
-    from lab.compare import comparison_curves, config_diff, format_value, load_run, resolve_run_paths, summarize
+    from lab.run_comparison import comparison_curves, config_diff, format_value, load_run, resolve_run_paths, summarize
     from lab.views.formats import format_value as format_metric
     from lab.views.plots import render_plot
     from lm.errors import LabError
@@ -50,7 +50,7 @@ def run(args) -> int:
         print(json.dumps(json_safe(payload), indent=1, default=str))  # strict JSON: inf/nan as null
         return 0
 
-    from lab.compare import text_console
+    from lab.run_comparison import text_console
     from rich.table import Table
 
     console = text_console()

@@ -190,7 +190,7 @@ def _list(store, args) -> int:
     if not rows:
         print(f"queue: empty ({store.path})")
         return 0
-    from lab.compare import text_console
+    from lab.run_comparison import text_console
     from rich.table import Table
 
     colors = {"pending": "white", "running": "cyan", "done": "green", "failed": "red",

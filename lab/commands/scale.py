@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import sys
 
-    from lab.compare import text_console
+    from lab.run_comparison import text_console
     from lab.queue.store import QueueStore
     from lab.scale.spec import load_scale
     from lab.scale.study import collect, report_plot, report_table, result_path, run_study

@@ -92,7 +92,7 @@ def _report(args, name: str) -> int:
     import sys
     from pathlib import Path
 
-    from lab.compare import text_console
+    from lab.run_comparison import text_console
     from rich.table import Table
 
     from lab.sweep.report import build_report, divergence_lines, metric_vs_param_plot, params_text
@@ -132,7 +132,7 @@ def _report(args, name: str) -> int:
     for line in divergence_lines(report):
         print(line)
     if args.curves:
-        from lab.compare import comparison_curves, load_run
+        from lab.run_comparison import comparison_curves, load_run
         from lab.views.plots import render_plot
 
         runs = [load_run(r.run_dir) for r in report.trials if r.run_dir and Path(r.run_dir).is_dir()]

@@ -67,17 +67,17 @@ def why_failed(entry, runs_dir: Path, default_runs: Path | None = None) -> str:
 
 
 class Comparison:
-    """Finished queue runs read through lab.compare: summary rows, differing keys, curves of any metric."""
+    """Finished queue runs read through lab.run_comparison: summary rows, differing keys, curves of any metric."""
 
     def __init__(self, run_dirs: list[str]):
-        from lab.compare import config_diff, load_run, summarize
+        from lab.run_comparison import config_diff, load_run, summarize
 
         self.runs = [load_run(p) for p in run_dirs]
         self.rows = [summarize(r) for r in self.runs]
         self.diff = config_diff(self.runs) if len(self.runs) > 1 else []
 
     def curves(self, metric: str = "val_loss") -> list[ChartCurve]:
-        from lab.compare import comparison_curves
+        from lab.run_comparison import comparison_curves
 
         return [ChartCurve(c.label, c.xs, c.ys, marks=c.marks) for c in comparison_curves(self.runs, metric)]
 

@@ -9,5 +9,5 @@
 * :mod:`lm.bench.memory` - peak memory on CUDA (allocator) and CPU (profiler trace)
 * :mod:`lm.bench.saved` - bytes autograd saves for backward (the activation ground truth)
 * :mod:`lm.bench.profiling` - named ranges (record_function + NVTX) via hooks, traces, memory snapshots
-* :mod:`lm.bench.compare` - measured vs predicted rows
+* :mod:`lm.bench.calc_comparison` - measured vs predicted rows
 """

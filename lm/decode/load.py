@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from lm.checkpoint import check_tokenizer, torch_load
+from lm.checkpoint_file import check_tokenizer, torch_load
 from lm.config.schema import ModelConfig
 from lm.errors import CheckpointError, LabError
 

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from lm.atomic import atomic_rename
-from lm.checkpoint import dcp_reader
+from lm.checkpoint_file import dcp_reader
 from lm.errors import CheckpointError
 
 DCP_DIR = "dcp"
@@ -58,7 +58,7 @@ def save_distributed(trainer, *, step_file: bool, best: bool) -> list[Path]:
 
 def gather_rng(trainer) -> list[dict] | None:
     """Every rank's RNG states, on rank 0 (collective): each rank resumes its own dropout stream."""
-    from lm.train.checkpointing import capture_rng
+    from lm.train.run_checkpoints import capture_rng
 
     mine = capture_rng(trainer.policy.device)
     if trainer.dist.control is None:
@@ -173,7 +173,7 @@ def load_sharded_optimizer(model: torch.nn.Module, optimizer, directory: Path) -
 
 def restore_sharded(trainer, path: Path) -> dict | None:
     """Resume an FSDP2 trainer from ``path`` (a consolidated checkpoint; its DCP folder if it names one)."""
-    from lm.train.checkpointing import load_training_checkpoint
+    from lm.train.run_checkpoints import load_training_checkpoint
     from lm.train.trainer import TrainState
 
     ckpt = load_training_checkpoint(path)

@@ -69,7 +69,7 @@ def import_hf(folder: str | os.PathLike, out: str | os.PathLike, *, force: bool 
     from lm.export.hf_tokenizer import read_hf_tokenizer
     from lm.model import TransformerLM, check_state_dict
     from lm.runs import CHECKPOINT_DIR, EVENTS_FILE, STATUS_FILE, TOKENIZER_DIR, atomic_write_json
-    from lm.train.checkpointing import CHECKPOINT_FORMAT, CheckpointDir
+    from lm.train.run_checkpoints import CHECKPOINT_FORMAT, CheckpointDir
 
     folder = Path(folder)
     if not folder.is_dir():

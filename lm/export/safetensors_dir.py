@@ -82,7 +82,7 @@ def load(path: str | os.PathLike, checkpoint: str | os.PathLike = "best", device
 
     The folder holds one set of weights, so ``checkpoint`` may only be ``best`` or ``latest``.
     """
-    from lm.checkpoint import check_tokenizer
+    from lm.checkpoint_file import check_tokenizer
     from lm.decode.load import (LoadedRun, load_tokenizer, model_config_from_dict, model_from_state, resolve_device,
                                 resolve_dtype)
 

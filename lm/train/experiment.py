@@ -218,7 +218,7 @@ def refuse_changed_data(cfg: ExperimentConfig, run_path: Path, checkpoint: Path)
             return  # a run whose config no longer loads: the trainer's checks still apply
         where = str(rd.config_path)
     else:
-        from lm.train.checkpointing import load_training_checkpoint
+        from lm.train.run_checkpoints import load_training_checkpoint
 
         old = load_training_checkpoint(checkpoint).get("config")
         where = str(checkpoint)
@@ -241,7 +241,7 @@ def refuse_changed_data(cfg: ExperimentConfig, run_path: Path, checkpoint: Path)
 def config_from_checkpoint(path: Path, overrides=()) -> ExperimentConfig:
     """The experiment stored in a checkpoint (for a run directory whose config.toml is gone)."""
     from lm.config.loader import apply_overrides, experiment_from_dict
-    from lm.train.checkpointing import load_training_checkpoint
+    from lm.train.run_checkpoints import load_training_checkpoint
 
     stored = load_training_checkpoint(path).get("config")
     if not isinstance(stored, dict):

@@ -39,14 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from lm.atomic import is_disk_full, write_error_message
-from lm.checkpoint import check_tokenizer
+from lm.checkpoint_file import check_tokenizer
 from lm.config.schema import ExperimentConfig, to_dict
 from lm.distributed.env import DistEnv
 from lm.errors import CheckpointError, DataError, LabError
 from lm.model import TransformerLM, check_state_dict
 from lm.optim import clip_grad_norm
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
-from lm.train.checkpointing import CHECKPOINT_FORMAT, CheckpointDir, capture_rng, load_training_checkpoint, restore_rng
+from lm.train.run_checkpoints import CHECKPOINT_FORMAT, CheckpointDir, capture_rng, load_training_checkpoint, restore_rng
 from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
 from lm.train.memory_check import is_out_of_memory, oom_error
 from lm.train.optimization import build_optimizer, grad_norm, set_lr

@@ -4,7 +4,7 @@ The queue is ``<runs>/queue.json`` (:mod:`lab.queue.store`), edited under its
 lock, so this tab, ``lab queue`` commands and runners can all change it at
 once. The runner is a detached ``python -m lab queue run`` process (a sweep
 file starts ``python -m lab sweep`` instead); closing the console leaves it
-running. Finished runs are compared with :mod:`lab.compare`: a table of their
+running. Finished runs are compared with :mod:`lab.run_comparison`: a table of their
 numbers and differing config keys, and their validation curves overlaid.
 """
 
@@ -207,7 +207,7 @@ class QueuePane(LabPane):
         if comparison is None:
             self.query_one("#compare-chart", Chart).update(Text("no finished runs yet", style="dim"))
             return
-        from lab.compare import short_labels
+        from lab.run_comparison import short_labels
 
         headers = ["run", "steps", "best val", "bpb", "tok/s", *[k for k, _ in comparison.diff[:4]]]
         labels = short_labels([row["run"] for row in comparison.rows])  # stamps kept where names would clash

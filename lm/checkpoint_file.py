@@ -1,4 +1,7 @@
-"""Checkpoints: model, optimizer and iteration, to a path or a binary file object.
+"""One checkpoint file: model, optimizer and iteration, to a path or a binary file object.
+
+(A training run's folder of checkpoints, and the resumable state in them, is
+:mod:`lm.train.run_checkpoints`.)
 
 Writes to a path are atomic (temp file in the same directory, fsync, rename),
 so a crash or kill -9 mid-write never leaves a half-written checkpoint behind.

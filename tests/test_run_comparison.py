@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.cli import main
-from lab.compare import (config_diff, ema, load_run, moving_average, resolve_run_paths, short_labels,
+from lab.run_comparison import (config_diff, ema, load_run, moving_average, resolve_run_paths, short_labels,
                          summarize)
 from lab.views.plots import Curve, render_plot
 from lm.errors import LabError

@@ -1,4 +1,6 @@
-"""Training checkpoints: what goes in one, where it is written, how a resume reads it.
+"""A training run's checkpoints: what goes in one, where it is written, how a resume reads it.
+
+(Writing and reading one checkpoint file is :mod:`lm.checkpoint_file`.)
 
 A checkpoint is a dict (``CHECKPOINT_FORMAT``)::
 
@@ -8,7 +10,7 @@ A checkpoint is a dict (``CHECKPOINT_FORMAT``)::
 
 Every RNG a step can draw from is in it (dropout uses torch's generator, the
 batch sampler its own numpy generator), so a resumed run continues bit for
-bit. Files are written with :func:`lm.checkpoint.atomic_torch_save`; the
+bit. Files are written with :func:`lm.checkpoint_file.atomic_torch_save`; the
 other names (``latest.pt``, ``best.pt``) are hard links to the file just
 written, swapped in with a rename, so no name ever points at half a file and
 no checkpoint is serialized twice. ``best.safetensors`` holds the model
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from lm.atomic import atomic_rename, atomic_write, is_disk_full, is_temp_file, write_error_message
-from lm.checkpoint import atomic_torch_save, torch_load
+from lm.checkpoint_file import atomic_torch_save, torch_load
 from lm.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "lm-checkpoint/1"
