@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -95,7 +96,8 @@ def run(args) -> int:
     loaded = load(args.run_dir, args.checkpoint, args.device, args.dtype)
     engine = Engine(loaded.model, max_batch=args.max_batch, cuda_graphs=False if args.no_cuda_graphs else None)
     _warm_up(engine)
-    name = args.model_name or loaded.checkpoint_path.parent.parent.name
+    # The folder given (a run or an export folder), not the checkpoint's grandparent: an export holds its weights at top level.
+    name = args.model_name or Path(args.run_dir).resolve().name
     server = Server(engine, loaded.tokenizer, name, max_queue=max_queue, api_key=args.api_key)
     server.start()
     app = create_app(server)
