@@ -306,7 +306,7 @@ def measure(args) -> int:
                 started = time.time()
                 res = run_case(case, device, warmup=args.warmup, repeats=args.repeats, min_block_s=0.0,
                                flops=not comp, with_prediction=True, tf32=not args.no_tf32)
-                row = {"size": size, "dtype": dt, "compile": comp, "batch": case.batch_size, "tf32": not args.no_tf32,
+                row = {"size": size, "dtype": dt, "compile": comp, "batch": case.batch_size, "tf32": not args.no_tf32, "engine": "fused",
                        "params": count_params(cfg).total, "error": res.error, "started_s": started - t_start,
                        "result": res.to_dict(), "ratios": _ratios(res), "prediction_detail": res.prediction}
                 if not res.error:

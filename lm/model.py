@@ -302,8 +302,8 @@ class TransformerLM(nn.Module):
                 module.init_buffers(device)
 
     def forward(self, token_ids: torch.Tensor, token_positions: torch.Tensor | None = None,
-                kv_caches: list[KVCache] | None = None) -> torch.Tensor:
-        """(..., T) token ids -> (..., T, vocab) logits.
+                kv_caches: list[KVCache] | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., T) token ids -> (..., T, vocab) logits, or with ``targets`` (..., T) the mean loss.
 
         ``token_positions`` (T,) gives each token's absolute position (default
         0..T-1); with ``kv_caches`` the keys/values are appended at those positions.
@@ -314,9 +314,21 @@ class TransformerLM(nn.Module):
         x = self.token_embeddings(token_ids)  # (..., T, d_model)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_caches is None else kv_caches[i])
+        if targets is not None:
+            return self.loss(x, targets)
         if self.cfg.norm != "none":
             x = self.ln_final(x)
         return self.lm_head(x)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Final norm, LM head and cross-entropy of the last block's output x (..., T, d_model).
+
+        The LM head and the loss are one fused, chunked op, so the (..., T, vocab)
+        logits of the whole batch are never materialised (forward or backward).
+        """
+        if self.cfg.norm != "none":
+            x = self.ln_final(x)
+        return LF.linear_cross_entropy(x, self.lm_head.weight, targets, reduction)
 
     def new_kv_caches(self, batch: int = 1, device=None, dtype=None) -> list[KVCache]:
         """Preallocated per-layer caches for incremental decoding."""

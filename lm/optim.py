@@ -17,7 +17,10 @@ class AdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01):
+                 eps: float = 1e-8, weight_decay: float = 0.01, fused: bool | None = None):
+        """``fused``: one fused kernel per update (torch's AdamW kernel, with eps rescaled so the
+        arithmetic is the CS336 form above); ``None`` uses it for CUDA tensors only."""
+        self.fused = fused
         if lr < 0:
             raise ValueError(f"invalid learning rate {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -58,6 +61,15 @@ class AdamW(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         m = [self.state[p]["exp_avg"] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
+        fused = self.fused if self.fused is not None else params[0].device.type == "cuda"
+        if fused:
+            # torch's kernel computes p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps'); with
+            # eps' = eps / sqrt(bc2) that is exactly lr * sqrt(bc2) / bc1 * m / (sqrt(v) + eps).
+            # The step count goes in as a device tensor made by a fill kernel (no host sync).
+            steps = [torch.full((), float(t), dtype=torch.float32, device=params[0].device)] * len(params)
+            torch._fused_adamw_(params, grads, m, v, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
+                                eps=eps / math.sqrt(1 - beta2**t), amsgrad=False, maximize=False)
+            return
         torch._foreach_lerp_(m, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
         torch._foreach_mul_(v, beta2)
         torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v = beta2 v + (1 - beta2) g^2

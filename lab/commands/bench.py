@@ -122,9 +122,9 @@ def _cases(args, device):
 
 
 def _bf16_ok(device) -> bool:
-    import torch
+    from lm.device import bf16_supported
 
-    return bool(torch.cuda.is_bf16_supported()) if device.type == "cuda" else False
+    return bf16_supported(device)
 
 
 def run(args) -> int:
@@ -132,7 +132,7 @@ def run(args) -> int:
 
     from lab.commands.calc import _parse_efficiency
     from lm.bench.harness import run_case, write_json
-    from lm.bench.steps import resolve_device
+    from lm.device import resolve_device
     from lm.errors import LabError
 
     if args.out:
@@ -140,7 +140,7 @@ def run(args) -> int:
 
         refuse_overwrite(args.out, force=args.force)
     try:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, "--device")
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         raise LabError(f"--device {args.device!r} is not usable here: {e}") from None

@@ -141,16 +141,13 @@ def parameter_counts(model) -> dict[str, int]:
 def _device(name: str):
     import torch
 
+    from lm.device import resolve_device
     from lm.errors import ConfigError
 
-    req = name.strip().lower()
-    if req == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name.strip().lower() == "auto":
+        return resolve_device("auto")
     try:
-        device = torch.device(req)
+        device = torch.device(name.strip().lower())
         torch.zeros(1, device=device)
     except (RuntimeError, AssertionError) as e:
         raise ConfigError([f"--device {name!r} is not usable here ({str(e).splitlines()[0]}); "

@@ -99,16 +99,12 @@ def grid(models: dict[str, ModelConfig], *, batch_sizes: dict[str, int] | int, c
 
 
 def count_training_flops(work) -> float:
-    """FLOPs of one forward + backward as FlopCounterMode counts them (on the uncompiled model)."""
+    """FLOPs of one forward + backward as FlopCounterMode counts them (compiled regions run eagerly)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    compiled, work.train_model = work.train_model, work.model
-    try:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            work.forward_backward()
-    finally:
-        work.train_model = compiled
+    counter = FlopCounterMode(display=False)
+    with torch.compiler.set_stance("force_eager"), counter:
+        work.forward_backward()
     return float(counter.get_total_flops())
 
 

@@ -86,7 +86,7 @@ def module_ranges(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
         named[f"block{i}.ffn"] = layer.ffn
     if hasattr(model, "ln_final"):
         named["ln_final"] = model.ln_final
-    named["lm_head"] = model.lm_head
+    named["lm_head"] = model.lm_head  # for logits; in training it runs inside the fused loss, ranged there
     return named
 
 
@@ -109,13 +109,18 @@ def instrument(model: torch.nn.Module, *, nvtx: bool | None = None, attention_st
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post, always_call=True))
-    original = LF.scaled_dot_product_attention
+    original, original_head = LF.scaled_dot_product_attention, LF.linear_cross_entropy
     if attention_steps:
         LF.scaled_dot_product_attention = ranged_attention(nvtx)
+
+    def head(*args, **kwargs):
+        with _range("lm_head", nvtx):
+            return original_head(*args, **kwargs)
+    LF.linear_cross_entropy = head
     try:
         yield
     finally:
-        LF.scaled_dot_product_attention = original
+        LF.scaled_dot_product_attention, LF.linear_cross_entropy = original, original_head
         for h in handles:
             h.remove()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 # Backward nodes of ops that only reshape or cast: a weight seen through them is still that weight.
 _PASS_THROUGH = {"ViewBackward", "PermuteBackward", "TransposeBackward", "TBackward", "UnsqueezeBackward",
@@ -69,10 +68,8 @@ def measure_saved(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.T
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast(tokens.device.type, dtype=autocast_dtype or torch.bfloat16,
                             enabled=autocast_dtype is not None):
-            logits = model(tokens)
-        if targets is not None:
-            # Exactly as lm.train.trainer computes it: outside autocast, on an fp32 upcast.
-            F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+            # Exactly as lm.train.trainer computes it: the fused LM head + loss, or the logits.
+            model(tokens, targets=targets)
     out = SavedTensors()
     for nbytes, is_weight, shape, dtype in seen.values():
         if is_weight:
@@ -80,9 +77,4 @@ def measure_saved(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.T
         else:
             out.activations += nbytes
         out.by_shape.append((shape, dtype, nbytes))
-    # The training loop's variable keeps the logits alive even when nothing saved them.
-    ptr = logits.untyped_storage().data_ptr()
-    if targets is not None and ptr not in seen:
-        out.activations += logits.untyped_storage().nbytes()
-        out.by_shape.append((tuple(logits.shape), str(logits.dtype), logits.untyped_storage().nbytes()))
     return out

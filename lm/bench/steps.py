@@ -1,61 +1,24 @@
 """The three things a benchmark times: forward, forward + backward, a full training step.
 
 The step is the trainer's (``lm.train.trainer``): ``zero_grad(set_to_none=True)``,
-forward under bf16 autocast (or fp32 with TF32 matmuls on CUDA), fp32
-``F.cross_entropy`` outside autocast, backward, ``lm.optim.clip_grad_norm``,
-``lm.optim.AdamW``; so timings and peak memory are those of real training.
-Activation checkpointing wraps each block in ``torch.utils.checkpoint`` from
-the outside (``lm/model.py`` is left alone).
+forward and loss (the fused chunked LM head) under bf16 autocast (or fp32 with
+TF32 matmuls on CUDA), compiled and checkpointed as :mod:`lm.train.engine`
+plans it, backward, ``lm.optim.clip_grad_norm``, ``lm.optim.AdamW`` (fused on
+CUDA); so timings and peak memory are those of real training.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from lm.config.schema import ModelConfig
+from lm.device import configure_backends, device_name, resolve_device  # noqa: F401 (re-exported)
 from lm.model import TransformerLM
 from lm.optim import AdamW, clip_grad_norm
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    """The name the calculator's profiles match: torch's GPU name, or 'cpu' / 'mps'."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return device.type
-
-
-def enable_checkpointing(model: TransformerLM) -> None:
-    """Recompute each block in backward (non-reentrant torch.utils.checkpoint), keeping only its input."""
-    for layer in model.layers:
-        inner = layer.forward
-
-        @functools.wraps(inner)
-        def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
-            if kv_cache is not None or not torch.is_grad_enabled():
-                return _inner(x, token_positions, kv_cache)
-            # No early stop: it aborts the recompute by raising inside an op, and einx wraps
-            # exceptions raised inside its operations, which would turn that into a failure.
-            with torch.utils.checkpoint.set_checkpoint_early_stop(False):
-                return torch.utils.checkpoint.checkpoint(_inner, x, token_positions, None, use_reentrant=False)
-
-        layer.forward = checkpointed
+from lm.train import engine
 
 
 @dataclass
@@ -71,6 +34,10 @@ class Workload:
     dtype: str
     grad_clip: float = 1.0
     grad_accum: int = 1
+    plan: engine.CompilePlan = engine.CompilePlan(False)
+
+    def __post_init__(self):
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def autocast(self):
         if self.dtype == "bf16":
@@ -79,35 +46,34 @@ class Workload:
 
     def _loss(self) -> torch.Tensor:
         with self.autocast():
-            logits = self.train_model(self.tokens)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), self.targets.reshape(-1))
+            return self.train_model(self.tokens, targets=self.targets)
 
     def forward(self) -> None:
         """Training-mode forward and loss (the graph is built, then dropped)."""
+        engine.step_begin(self.plan)
         self._loss()
 
     def forward_backward(self) -> None:
         """Forward, loss and backward; gradients freed first, as the trainer does."""
         self.optimizer.zero_grad(set_to_none=True)
+        engine.step_begin(self.plan)
         self._loss().backward()
 
     def step(self) -> None:
         """A full training step, exactly as lm.train.trainer runs it."""
         self.optimizer.zero_grad(set_to_none=True)
         for _ in range(self.grad_accum):
-            with self.autocast():
-                logits = self.train_model(self.tokens)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), self.targets.reshape(-1))
-            (loss / self.grad_accum).backward()
+            engine.step_begin(self.plan)
+            (self._loss() / self.grad_accum).backward()
         if self.grad_clip > 0:
-            clip_grad_norm(self.model.parameters(), self.grad_clip)
+            clip_grad_norm(self.params, self.grad_clip)
         self.optimizer.step()
 
 
 def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dtype: str = "fp32",
-                   device: torch.device | str = "cpu", compile: bool = False, checkpointing: bool = False,
+                   device: torch.device | str = "cpu", compile: bool = False, checkpointing: bool | str = False,
                    grad_clip: float = 1.0, grad_accum: int = 1, tf32: bool = True, seed: int = 0,
-                   meta_init: bool = False) -> Workload:
+                   meta_init: bool = False, cuda_graphs: str = "auto") -> Workload:
     """Build the model on ``device`` with the trainer's optimizer and a random batch.
 
     ``tf32``: let fp32 matmuls use TF32 on CUDA (the trainer does). ``meta_init``
@@ -116,9 +82,7 @@ def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dt
     with small random values: timings and memory do not depend on the values.
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+    configure_backends(device, None, tf32=tf32)
     torch.manual_seed(seed)
     if meta_init:
         model = TransformerLM(cfg, device="meta")
@@ -130,8 +94,6 @@ def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dt
     else:
         model = TransformerLM(cfg, device=device)
     model.train()
-    if checkpointing:
-        enable_checkpointing(model)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.1}] + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
@@ -139,8 +101,12 @@ def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dt
     gen = torch.Generator(device="cpu").manual_seed(seed)
     tokens = torch.randint(0, cfg.vocab_size, (batch_size, context_length), generator=gen).to(device)
     targets = torch.randint(0, cfg.vocab_size, (batch_size, context_length), generator=gen).to(device)
-    train_model = torch.compile(model) if compile else model
-    return Workload(model, train_model, optimizer, tokens, targets, device, dtype, grad_clip, grad_accum)
+    ckpt = {True: "full", False: "none"}.get(checkpointing, checkpointing)
+    plan = engine.plan_for(compile, device, sum(p.numel() for p in model.parameters()), cuda_graphs)
+    if plan.compile:
+        engine.use_compile_cache()
+    engine.prepare(model, plan, ckpt)
+    return Workload(model, model, optimizer, tokens, targets, device, dtype, grad_clip, grad_accum, plan)
 
 
 def _reset_rope(model: TransformerLM, cfg: ModelConfig, device: torch.device) -> None:

@@ -27,9 +27,9 @@ class Activations:
     """One transformer block, by saved tensor."""
     num_layers: int
     head: dict[str, float]
-    """Outside the blocks: embedding indices, final norm, LM head input."""
+    """Outside the blocks: embedding indices, final norm."""
     loss: dict[str, float]
-    """The logits (kept by the training loop's variable) and log_softmax's output."""
+    """What the fused LM head + loss keeps: the gradients of its input and of the LM head weight."""
     weight_copies: float
     """bf16 copies of the matmul weights saved by autocast'ed matmuls (0 in fp32)."""
     checkpointed: bool = False
@@ -74,7 +74,7 @@ def sdpa_path(cfg: ModelConfig, device_kind: str, training: bool = True) -> str:
 
 
 def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, device_kind: str = "cuda",
-                      training: bool = True, checkpointing: bool = False) -> Activations:
+                      training: bool = True, checkpointing: bool = False, fused_loss: bool = True) -> Activations:
     """Bytes autograd saves for a training forward over ``batch`` x ``T`` tokens.
 
     ``autocast``: bf16 autocast. ``device_kind``: 'cuda', 'mps' or 'cpu'; it decides
@@ -82,6 +82,7 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
     dropout masks (bool on CUDA, a float tensor elsewhere) and the layout of
     sdpa's output. ``training``: dropout active. ``checkpointing``: each block
     wrapped in ``torch.utils.checkpoint`` (non-reentrant): only its input is kept.
+    ``fused_loss``: the fused chunked LM head + loss (else full logits and F.cross_entropy).
     """
     d, V, H, f = cfg.d_model, cfg.vocab_size, cfg.num_heads, cfg.ffn_dim
     N = batch * T
@@ -150,15 +151,22 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
         head["ln_final.input"] = N * d * 4
         head["ln_final.normalized"] = N * d * 4
         head["ln_final.rms"] = N * 4
-    head["lm_head.input"] = N * d * a
-
-    # F.cross_entropy(logits.float(), y) as the trainer calls it: the logits stay referenced by the
-    # loop's variable until the step ends; log_softmax saves its fp32 output; nll_loss the targets.
-    loss = {"logits": N * V * a, "log_softmax": N * V * 4, "targets": N * 8 + 4}  # + nll's total_weight
+    if fused_loss:
+        # The fused chunked LM head + cross-entropy (lm.functional.linear_cross_entropy) saves no logits:
+        # it computes the gradients of its input (fp32, the residual stream's dtype) and of the LM head
+        # weight (fp32) during the forward and keeps only those.
+        loss = {"grad_input": N * d * 4, "grad_lm_head": V * d * 4}
+        head_copy = 0.0
+    else:
+        head["lm_head.input"] = N * d * a
+        # F.cross_entropy(logits.float(), y): the logits stay referenced by the loop's variable until
+        # the step ends; log_softmax saves its fp32 output; nll_loss the targets (+ its total_weight).
+        loss = {"logits": N * V * a, "log_softmax": N * V * 4, "targets": N * 8 + 4}
+        head_copy = 2.0 * V * d if autocast else 0.0
 
     weights_per_layer = 4 * d * d + (3 if cfg.ffn == "swiglu" else 2) * d * f
-    copies = 2.0 * (cfg.num_layers * weights_per_layer + V * d) if autocast else 0.0
+    copies = 2.0 * cfg.num_layers * weights_per_layer + head_copy if autocast else 0.0
     return Activations(layer=layer, num_layers=cfg.num_layers, head=head, loss=loss, weight_copies=copies,
                        checkpointed=checkpointing, checkpoint_layer=N * d * 4,
                        detail={"weight_copies_per_layer": 2.0 * weights_per_layer if autocast else 0.0,
-                               "lm_head_copy": 2.0 * V * d if autocast else 0.0})
+                               "lm_head_copy": head_copy})

@@ -55,6 +55,9 @@ class Recorded:
     """(max - min) / median of the timed repeats, per mode."""
     host: dict = field(default_factory=dict)
     """Host-side seconds per mode (time until the call returned, before synchronising), when recorded."""
+    engine: str = "unfused"
+    """The trainer's engine the case ran (lm.calc.settings.Settings.engine); records from before the
+    field existed ran the unfused one."""
 
     @property
     def key(self) -> str:
@@ -64,7 +67,7 @@ class Recorded:
         d = {"label": self.label, "model": dataclasses.asdict(self.model), "batch_size": self.batch_size,
              "context_length": self.context_length, "dtype": self.dtype, "compile": self.compile, "tf32": self.tf32,
              "forward_s": self.forward_s, "forward_backward_s": self.forward_backward_s, "step_s": self.step_s,
-             "peak_memory": self.peak_memory, "spread": self.spread}
+             "peak_memory": self.peak_memory, "spread": self.spread, "engine": self.engine}
         if self.host:
             d["host"] = self.host
         return d
@@ -79,7 +82,8 @@ def record_from_bench_row(row: dict) -> Recorded | None:
                     context_length=int(case["context_length"]), dtype=case["dtype"], compile=bool(case["compile"]),
                     tf32=bool(row.get("tf32", True)),  # runs before the field existed all used TF32
                     forward_s=m["forward_s"], forward_backward_s=m["forward_backward_s"], step_s=m["step_s"],
-                    peak_memory=m.get("peak_memory"), spread=m.get("spread", {}), host=row.get("host", {}))
+                    peak_memory=m.get("peak_memory"), spread=m.get("spread", {}), host=row.get("host", {}),
+                    engine=row.get("engine", "unfused"))
 
 
 def _record_from_compact(item: dict) -> Recorded:
@@ -87,7 +91,8 @@ def _record_from_compact(item: dict) -> Recorded:
                     context_length=int(item["context_length"]), dtype=item["dtype"], compile=bool(item["compile"]),
                     tf32=bool(item.get("tf32", True)), forward_s=item["forward_s"],
                     forward_backward_s=item["forward_backward_s"], step_s=item["step_s"],
-                    peak_memory=item.get("peak_memory"), spread=item.get("spread", {}), host=item.get("host", {}))
+                    peak_memory=item.get("peak_memory"), spread=item.get("spread", {}), host=item.get("host", {}),
+                    engine=item.get("engine", "unfused"))
 
 
 def load_records(path: str | os.PathLike) -> tuple[dict, list[Recorded]]:
@@ -123,7 +128,7 @@ def compact(meta: dict, records: list[Recorded]) -> dict:
 def settings_for(rec: Recorded, device: DeviceProfile):
     """(model, Settings) of a recorded case, as the calculator resolves them."""
     return resolve_settings(rec.model, device, batch_size=rec.batch_size, context_length=rec.context_length,
-                            dtype=rec.dtype, compile=rec.compile, grad_clip=True)
+                            dtype=rec.dtype, compile=rec.compile, grad_clip=True, engine=rec.engine)
 
 
 def device_for(rec: Recorded, device: DeviceProfile) -> DeviceProfile:
@@ -137,7 +142,7 @@ def predict(rec: Recorded, device: DeviceProfile | str, efficiency: Efficiency |
     """The calculator's full estimate for a recorded case."""
     dev = device_for(rec, get_device(device))
     return estimate(rec.model, dev, batch_size=rec.batch_size, context_length=rec.context_length, dtype=rec.dtype,
-                    compile=rec.compile, grad_clip=True, efficiency=efficiency)
+                    compile=rec.compile, grad_clip=True, efficiency=efficiency, engine=rec.engine)
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,8 @@ def _split(cfg_or_exp) -> tuple[ModelConfig, object | None]:
 
 
 def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, context_length=None, dtype=None,
-                     grad_accum=None, activation_checkpointing=False, compile=None, grad_clip=None
-                     ) -> tuple[ModelConfig, Settings]:
+                     grad_accum=None, activation_checkpointing=False, compile=None, grad_clip=None,
+                     engine: str = "fused") -> tuple[ModelConfig, Settings]:
     """Fill unspecified settings from the experiment (or training defaults) and the device's defaults."""
     model, exp = _split(cfg_or_exp)
     training = exp.training if exp is not None else TrainingConfig()
@@ -113,17 +113,26 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
                  batch_size=int(batch_size if batch_size is not None else training.batch_size),
                  context_length=int(T), dtype=dt,
                  grad_accum=int(grad_accum if grad_accum is not None else training.grad_accum),
-                 activation_checkpointing=bool(activation_checkpointing), compile=bool(comp), grad_clip=bool(clip))
+                 activation_checkpointing=_checkpointing(activation_checkpointing), compile=bool(comp),
+                 grad_clip=bool(clip), engine=engine)
     problems += s.problems()
     if problems:
         raise ConfigError(problems)
     return model, s
 
 
+def _checkpointing(value) -> bool:
+    """``activation_checkpointing`` as a bool or as training.activation_checkpointing's name."""
+    if isinstance(value, str):
+        return value not in ("", "none")
+    return bool(value)
+
+
 def _memory(model: ModelConfig, device: DeviceProfile, s: Settings, params: ParamCount
             ) -> tuple[Activations, MemoryEstimate]:
     act = saved_activations(model, s.batch_size, s.context_length, autocast=s.dtype == "bf16",
-                            device_kind=device.kind, checkpointing=s.activation_checkpointing)
+                            device_kind=device.kind, checkpointing=s.activation_checkpointing,
+                            fused_loss=s.engine == "fused")
     naive = model.attention == "naive" or sdpa_path(model, device.kind) != "fused"
     mem = estimate_memory(model, s, params, act, capacity=device.usable_bytes, overhead=device.overhead_bytes,
                           fragmentation=device.fragmentation.value, naive_attention=naive,
@@ -191,15 +200,15 @@ def _verdict(model, device, s: Settings, params, mem: MemoryEstimate, t: TimeEst
 
 def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=None, dtype=None, grad_accum=None,
              activation_checkpointing=False, compile=None, efficiency: Efficiency | None = None,
-             grad_clip: bool | None = None, devices_file=None) -> Estimate:
+             grad_clip: bool | None = None, devices_file=None, engine: str = "fused") -> Estimate:
     """Size a training configuration on a device.
 
     ``exp_cfg_or_model_cfg``: an ExperimentConfig (its [training] section gives
     the defaults) or a bare ModelConfig (training defaults). ``device``: a
     profile key (``rtx4090``), a torch device name, or a DeviceProfile.
     ``dtype``: 'fp32', 'bf16' or 'auto' (bf16 where the device supports it).
-    ``compile``: True/False or 'auto'/'on'/'off'. Raises ConfigError on bad
-    settings and LabError (listing known devices) on an unknown device.
+    ``compile``: True/False or 'auto'/'on'/'off'. ``engine``: see Settings.engine.
+    Raises ConfigError on bad settings and LabError (listing known devices) on an unknown device.
     """
     dev = get_device(device, devices_file)
     eff = efficiency or Efficiency()
@@ -207,7 +216,7 @@ def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=No
         raise ConfigError(problems)
     model, s = resolve_settings(exp_cfg_or_model_cfg, dev, batch_size=batch_size, context_length=context_length,
                                 dtype=dtype, grad_accum=grad_accum, activation_checkpointing=activation_checkpointing,
-                                compile=compile, grad_clip=grad_clip)
+                                compile=compile, grad_clip=grad_clip, engine=engine)
     eff = eff.resolve(dev, s.dtype)  # unset factors from the device profile
     params = count_params(model)
     flops = count_flops(model, s.batch_size, s.context_length)
@@ -226,10 +235,11 @@ def time_estimate(model: ModelConfig, dev: DeviceProfile, s: Settings, eff: Effi
     flops = flops or count_flops(model, s.batch_size, s.context_length)
     fused = model.attention == "sdpa" and dev.flash_attention and sdpa_path(model, dev.kind) == "fused"
     ops = forward_ops(model, s.batch_size, s.context_length, autocast=s.dtype == "bf16",
-                      exp_fp32=dev.kind != "cpu", fused_attention=fused, flash_backward=eff.flash_backward)
+                      exp_fp32=dev.kind != "cpu", fused_attention=fused, flash_backward=eff.flash_backward,
+                      fused_loss=s.engine == "fused")
     groups = 2 if params.norms else 1  # decayed matrices and undecayed norm gains
     opt = optimizer_ops(params.total, params.num_tensors, grad_clip=s.grad_clip, multi_tensor=dev.kind == "cuda",
-                        groups=groups)
+                        groups=groups, fused=s.engine == "fused" and dev.kind == "cuda")
     if s.optimizer == "muon":
         opt.append(newton_schulz_op(model, s.ns_steps))  # its FLOPs take time but are not in MFU's numerator
     return estimate_time(ops, opt, grad_accumulate_op(params.total, params.num_tensors), flops, dev, s, eff,

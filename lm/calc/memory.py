@@ -1,18 +1,18 @@
 """Peak memory of a training step, phase by phase, against the device's capacity.
 
 The step modelled is lab's trainer (``lm.train.trainer``): ``zero_grad(set_to_none)``,
-forward under autocast, ``F.cross_entropy`` on fp32 logits, backward, gradient
-clipping, ``lm.optim.AdamW`` (multi-tensor). Persistent state is fp32 weights (4 bytes per
+forward under autocast, the fused chunked LM head + cross-entropy, backward, gradient
+clipping, ``lm.optim.AdamW`` (fused on CUDA, multi-tensor elsewhere). Persistent state is fp32 weights (4 bytes per
 parameter, also under bf16 autocast, which only makes bf16 *copies* for the
 matmuls), fp32 gradients (4) and two fp32 AdamW moments (8): 16 bytes per
 parameter. On top of that, at each moment of the step, whatever activations
 autograd still holds plus short-lived tensors. The peak is the largest of:
 
-* forward: everything saved, plus the loss's fp32 upcast of the logits;
-* loss backward: saved tensors plus the gradient of log_softmax and of the logits;
+* forward: everything saved, plus one chunk of the fused loss's logits;
+* loss backward: saved tensors plus the loss's stored gradients, scaled;
 * each block's backward: the blocks not yet done, the gradients already made,
   the block's own activations (recomputed if checkpointed) and its temporaries;
-* optimizer step: gradients, moments, and AdamW's sqrt(v) temporaries (all matrices at once).
+* optimizer step: gradients, moments, and (off CUDA) AdamW's sqrt(v) temporaries for all matrices at once.
 
 ``peak`` is what ``torch.cuda.max_memory_allocated`` measures; ``total`` adds
 the allocator's slack and the CUDA context, which the device must also hold.
@@ -27,6 +27,7 @@ from lm.calc.optimizer import optimizer_state_bytes, step_temporaries_bytes
 from lm.calc.params import ParamCount
 from lm.calc.settings import Settings
 from lm.config.schema import ModelConfig
+from lm.chunks import loss_chunk_rows
 
 
 @dataclass(frozen=True)
@@ -125,21 +126,32 @@ def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Acti
 
     head_acts = sum(act.head.values())
     loss_acts = sum(act.loss.values())
-    logits_var = act.loss["logits"]
     cp_layer = act.detail.get("weight_copies_per_layer", 0.0)
-    cp_head = act.detail.get("lm_head_copy", 0.0)
     kept = act.per_layer_kept
     full = act.per_layer
-    # Without checkpointing the copies are saved by the matmuls; with it only the LM head's copy is
-    # saved (the blocks' copies die with autocast's cache when the forward's autocast region ends).
+    # Without checkpointing the copies are saved by the matmuls; with it none is (the blocks' copies
+    # die with autocast's cache when the forward's autocast region ends).
     layer_copies_kept = 0.0 if s.activation_checkpointing else L * cp_layer
 
+    fused = s.engine == "fused"
+    cp_head = act.detail.get("lm_head_copy", 0.0)
+    logits_var = 0.0 if fused else act.loss["logits"]  # the unfused loop's variable holds the logits
     phases: dict[str, float] = {}
     model_fwd_end = static + g_acc + L * kept + head_acts + L * cp_layer + cp_head + logits_var
     after_fwd = static + g_acc + L * kept + head_acts + layer_copies_kept + cp_head
-    upcast = 4.0 * N * V if autocast else 0.0  # logits.float() lives while log_softmax writes its output
-    phases["forward"] = max(model_fwd_end, after_fwd + loss_acts + upcast)
-    phases["loss backward"] = after_fwd + loss_acts + 8.0 * N * V  # grads of log_softmax and of the logits
+    if fused:
+        # Inside the fused loss, one chunk at a time: the chunk's fp32 logits turned in place into the
+        # gradient, its bf16 copy (autocast), the LM head's bf16 copy and the chunk's input copy.
+        d = cfg.d_model
+        rows = min(N, loss_chunk_rows(V))
+        a = 2.0 if autocast else 0.0
+        chunk = rows * V * (4.0 + a) + a * V * d + a * rows * d + (2.0 if autocast else 4.0) * rows * d
+        phases["forward"] = max(model_fwd_end, after_fwd + loss_acts + chunk)
+        phases["loss backward"] = after_fwd + 2 * loss_acts  # the stored gradients, scaled into new tensors
+    else:
+        upcast = 4.0 * N * V if autocast else 0.0  # logits.float() lives while log_softmax writes its output
+        phases["forward"] = max(model_fwd_end, after_fwd + loss_acts + upcast)
+        phases["loss backward"] = after_fwd + loss_acts + 8.0 * N * V  # grads of log_softmax and of the logits
 
     # Gradients of the head (LM head and final norm) exist once the head has run backward.
     head_params = (0 if cfg.tie_embeddings else V * cfg.d_model) + (cfg.d_model if cfg.norm != "none" else 0)
@@ -156,9 +168,10 @@ def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Acti
         if alive > worst_layer:
             worst_layer, worst_i = alive, i
     phases[f"backward (block {worst_i})"] = worst_layer
-    # AdamW's _foreach_sqrt(v) makes a temporary for every tensor of a parameter group at once; the
-    # decayed group holds every matrix.
-    phases["optimizer step"] = static + grads + logits_var + step_temporaries_bytes(cfg, params, s.optimizer)
+    # On CUDA AdamW is one fused kernel (no temporaries); elsewhere its _foreach_sqrt(v) makes a
+    # temporary for every tensor of a parameter group at once, and the decayed group holds every matrix.
+    phases["optimizer step"] = (static + grads + logits_var
+                                + step_temporaries_bytes(cfg, params, s.optimizer, fused=device_kind == "cuda" and fused))
 
     phase, peak = max(phases.items(), key=lambda kv: kv[1])
     return MemoryEstimate(params=weights, buffers=buffers, grads=grads, optimizer=adam,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lm.chunks import loss_chunk_rows
 from lm.config.schema import ModelConfig
 
 MATMUL_OPS = ("qkv", "attn_scores", "attn_values", "out_proj", "ffn", "lm_head")
@@ -70,12 +71,14 @@ def flash_fraction(T: int) -> float:
 
 
 def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, exp_fp32: bool = True,
-                fused_attention: bool = False, flash_backward: float = 2.5) -> list[Op]:
+                fused_attention: bool = False, flash_backward: float = 2.5, fused_loss: bool = True) -> list[Op]:
     """Every op of one forward pass plus the loss, for ``batch`` sequences of ``T`` tokens.
 
     ``autocast``: bf16 autocast (matmul inputs, outputs and weight copies in bf16).
     ``exp_fp32``: autocast runs exp/sum in fp32 (CUDA and MPS; not CPU).
     ``fused_attention``: sdpa runs one fused kernel that skips masked tiles (flash).
+    ``fused_loss``: the chunked LM head + loss of lm.functional.linear_cross_entropy (else full
+    logits and F.cross_entropy on their fp32 upcast).
     """
     d, V, L, H, f = cfg.d_model, cfg.vocab_size, cfg.num_layers, cfg.num_heads, cfg.ffn_dim
     N = batch * T  # tokens
@@ -89,12 +92,14 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
     ops: list[Op] = []
 
     def add(name, group, kind, count, flops, bytes_, kernels, *, causal=None, exec_=None, per_layer=False,
-            backward=2.0, einx_calls=0, cpp_kernels=0):
+            backward=2.0, einx_calls=0, cpp_kernels=0, backward_kernels=None):
         # Backward: about two kernels per forward kernel (a matmul's input and weight gradients);
         # one per autocast cast (the gradient cast back).
+        if backward_kernels is None:
+            backward_kernels = 2.0 * (kernels - cpp_kernels) + cpp_kernels
         ops.append(Op(name, group, kind, count, float(flops), float(flops if causal is None else causal),
                       float(flops if exec_ is None else exec_), float(bytes_), float(kernels), per_layer, backward,
-                      2.0 * (kernels - cpp_kernels) + cpp_kernels, float(einx_calls), float(cpp_kernels)))
+                      float(backward_kernels), float(einx_calls), float(cpp_kernels)))
 
     # --- embedding: a gather of N rows of d fp32 values
     add("embedding", "embeddings", "elementwise", 1, 0, N * d * 4 * 2 + N * 8, 1)
@@ -167,6 +172,20 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
     # --- head
     if has_norm:
         add("ln_final", "norms", "elementwise", 1, 4 * N * d, 7 * N * d * R, 6)
+    if fused_loss:
+        # Per chunk: the logits matmul, then (in the forward) the input and weight gradient matmuls,
+        # priced as the matmul's backward. The chunk's softmax pass: logits written (a) and read,
+        # upcast, max, exp, sum, the gradient written in the matmul dtype (a), then read by both
+        # gradient matmuls. Eager: 16 elementwise kernels a chunk (17 under autocast) and 4 more;
+        # the backward only scales the two stored gradients (3 kernels).
+        chunks = -(-N // loss_chunk_rows(V))
+        add("lm_head", "lm_head", "matmul", 1, 2 * N * d * V, a * (N * d + V * d + N * V), 3 * chunks,
+            backward_kernels=0)
+        if autocast:
+            add("head_casts", "other", "elementwise", 1, 0, 6 * V * d + 6 * N * d, 1 + 3 * chunks, backward_kernels=0)
+        add("loss", "loss", "elementwise", 1, 6 * N * V, (3 * a + 16) * N * V + 16 * (N + V) * d,
+            4 + (17 if autocast else 16) * chunks, backward_kernels=3)
+        return ops
     add("lm_head", "lm_head", "matmul", 1, 2 * N * d * V, a * (N * d + V * d + N * V), 1, einx_calls=1)
     if autocast:
         add("head_casts", "other", "elementwise", 1, 0, 6 * (V * d + N * d), 2, cpp_kernels=2)
@@ -187,7 +206,7 @@ def _multi_tensor_launches(num_params: int, num_tensors: int, lists: int) -> flo
 
 
 def optimizer_ops(num_params: int, num_tensors: int, *, grad_clip: bool, multi_tensor: bool = True,
-                  groups: int = 2) -> list[Op]:
+                  groups: int = 2, fused: bool = False) -> list[Op]:
     """lm.optim.AdamW and lm.optim.clip_grad_norm, both built on ``torch._foreach_*`` ops.
 
     AdamW per parameter: lerp_ m (12 bytes), mul_ v (8), addcmul_ v (12), mul_ p (8, weight
@@ -195,6 +214,7 @@ def optimizer_ops(num_params: int, num_tensors: int, *, grad_clip: bool, multi_t
     _foreach_norm reads the gradients (4), _foreach_mul_ scales them (8). ``multi_tensor``:
     CUDA's fused multi-tensor kernels; elsewhere the foreach ops loop over tensors.
     ``groups``: parameter groups (decayed matrices, undecayed vectors), each its own launches.
+    ``fused``: AdamW as torch's one fused kernel (CUDA): reads p, g, m, v and writes p, m, v (28 bytes).
     """
     adam_lists = (2, 1, 3, 1, 2, 1, 3)  # tensor lists each of the seven foreach ops touches
     # Python calls: seven foreach ops per group; clipping's two foreach ops and ~6 small tensor ops. The
@@ -210,8 +230,12 @@ def optimizer_ops(num_params: int, num_tensors: int, *, grad_clip: bool, multi_t
     else:
         adam_kernels = len(adam_lists) * num_tensors
         clip_kernels = 2 * num_tensors + 6
+    adam_bytes = 72 * num_params
+    if fused:
+        adam_kernels = _multi_tensor_launches(num_params, num_tensors, 4) + (groups - 1)
+        adam_calls, adam_bytes = 2 * groups, 28 * num_params  # the step-count fill and the kernel, per group
     ops = [Op("adamw", "optimizer", "elementwise", 1, 12 * num_params, 12 * num_params, 12 * num_params,
-              72 * num_params, adam_kernels, backward_flops=0, cpp_kernels=max(0.0, adam_kernels - adam_calls))]
+              adam_bytes, adam_kernels, backward_flops=0, cpp_kernels=max(0.0, adam_kernels - adam_calls))]
     if grad_clip:
         ops.append(Op("grad_clip", "optimizer", "elementwise", 1, 3 * num_params, 3 * num_params,
                       3 * num_params, 12 * num_params, clip_kernels, backward_flops=0,

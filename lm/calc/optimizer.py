@@ -48,20 +48,23 @@ def optimizer_state_bytes(cfg: ModelConfig, params: ParamCount, optimizer: str =
     return 8.0 * params.total
 
 
-def step_temporaries_bytes(cfg: ModelConfig, params: ParamCount, optimizer: str = "adamw") -> float:
+def step_temporaries_bytes(cfg: ModelConfig, params: ParamCount, optimizer: str = "adamw",
+                           fused: bool = False) -> float:
     """Short-lived bytes of the optimizer step on top of weights, gradients and state.
 
-    AdamW: ``_foreach_sqrt(v)`` makes a temporary of every matrix of the decayed group at once.
+    AdamW: ``_foreach_sqrt(v)`` makes a temporary of every matrix of the decayed group at once
+    (none when ``fused``: torch's one fused kernel, which lm.optim.AdamW uses on CUDA).
     Muon: one fp32 Nesterov direction per Muon matrix, then per shape the stacked copy, the
     bf16 iterate and its Gram-matrix temporaries (about 6 bytes per element of the largest shape).
     """
+    adam = 0.0 if fused else 4.0
     if optimizer != "muon":
-        return 4.0 * params.matrix_params
+        return adam * params.matrix_params
     m = muon_params(cfg)
     by_shape: dict[tuple[int, int], int] = {}
     for r, c in muon_matrices(cfg):
         by_shape[(r, c)] = by_shape.get((r, c), 0) + r * c
-    return 4.0 * (params.matrix_params - m) + 4.0 * m + 6.0 * max(by_shape.values(), default=0)
+    return adam * (params.matrix_params - m) + 4.0 * m + 6.0 * max(by_shape.values(), default=0)
 
 
 def newton_schulz_op(cfg: ModelConfig, steps: int = 5):

@@ -149,9 +149,10 @@ def _costs(op: Op, device: DeviceProfile, s: Settings, eff: Efficiency) -> _Cost
     peak_mm = device.peak_flops(s.dtype)
     peak_vector = device.peak_tflops["fp32"].value * 1e12  # elementwise math runs on plain FP32 units
     bw = device.bandwidth * eff.bandwidth
-    # torch.compile wraps the model only: the loss and the optimizer stay eager. A compiled model
+    # Compiled: the model and (fused engine) the loss; the optimizer stays eager. A compiled region
     # also skips the Python of each op (einx's included); its elementwise kernels are fused.
-    compiled = s.compile and op.group not in ("loss", "optimizer")
+    eager_groups = ("optimizer",) if s.engine == "fused" else ("loss", "optimizer")
+    compiled = s.compile and op.group not in eager_groups
     fused = compiled and op.kind == "elementwise"
     attention_peak = peak_mm
     if s.dtype == "fp32" and device.matmul_dtype("fp32") == "tf32":

@@ -30,6 +30,9 @@ def normalize_dtype(dtype) -> str:
     return _DTYPE_ALIASES[key]
 
 
+ENGINES = ("fused", "unfused")
+
+
 @dataclass(frozen=True)
 class Settings:
     """One training configuration to size: everything but the model and the device."""
@@ -53,6 +56,10 @@ class Settings:
     plus Newton-Schulz matmuls each step: optimizer work, outside MFU)."""
     ns_steps: int = 5
     """Muon's Newton-Schulz steps per optimizer step."""
+    engine: str = "fused"
+    """'fused': today's trainer (the LM head and loss as one chunked op inside the compiled region,
+    AdamW as one fused kernel on CUDA); 'unfused': the engine before it (full logits, F.cross_entropy
+    outside the compiled region, multi-tensor AdamW), which older recorded measurements ran."""
 
     def problems(self) -> list[str]:
         out = []
@@ -62,6 +69,8 @@ class Settings:
             out.append(f"context_length must be at least 1, got {self.context_length}")
         if self.grad_accum < 1:
             out.append(f"grad_accum must be at least 1, got {self.grad_accum}")
+        if self.engine not in ENGINES:
+            out.append(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.dtype not in DTYPES:
             out.append(f"dtype must be one of {', '.join(DTYPES)} once resolved, got {self.dtype!r}")
         return out

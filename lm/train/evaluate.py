@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lm.train.policy import DevicePolicy
 
@@ -72,10 +71,10 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
     try:
         for x, y in batches:
             with policy.autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
+                # The fused LM head + loss of training: the logits of the whole batch are never made.
+                loss = model(x, targets=y)
             # MPS has no float64: accumulate there in fp32 per batch, in fp64 on the host.
-            loss_sum += loss.double() if device.type != "mps" else loss.cpu().double()
+            loss_sum += (loss.double() if device.type != "mps" else loss.cpu().double()) * y.numel()
             n_tokens += y.numel()
             if token_bytes is not None:
                 byte_sum += token_bytes[y].sum()

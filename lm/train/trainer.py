@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lm.atomic import is_disk_full, write_error_message
 from lm.checkpoint_file import check_tokenizer
@@ -46,6 +45,7 @@ from lm.errors import CheckpointError, DataError, LabError
 from lm.model import TransformerLM, check_state_dict
 from lm.optim import clip_grad_norm
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
+from lm.train import engine
 from lm.train.run_checkpoints import CHECKPOINT_FORMAT, CheckpointDir, capture_rng, load_training_checkpoint, restore_rng
 from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
 from lm.train.memory_check import is_out_of_memory, oom_error
@@ -153,6 +153,11 @@ class Trainer:
         torch.manual_seed(seed)
         # Initialized on the CPU so a seed gives the same weights on every device.
         self.model = TransformerLM(cfg.model).to(policy.device)
+        tr = cfg.training
+        self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params(), tr.cuda_graphs)
+        if self.plan.compile:
+            engine.use_compile_cache(cfg.data.cache_dir)
+        engine.prepare(self.model, self.plan, tr.activation_checkpointing)
         wrapped = self._parallelize()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
@@ -175,9 +180,8 @@ class Trainer:
         rng_state = None
         if resume_from is not None:
             rng_state = self._restore(Path(resume_from))
-        # Compiling wraps the module; checkpoints always save the underlying one.
-        whole = policy.compile and not (self.par is not None and self.par.compiles_model)
-        self.train_model = torch.compile(wrapped) if whole else wrapped
+        # Compiled in place, block by block (lm.train.engine), before any wrapping: names do not change.
+        self.train_model = wrapped
         self.model.train()
         if rng_state is not None:
             missing = restore_rng(rng_state, policy.device)  # last: nothing above may draw after it
@@ -337,7 +341,7 @@ class Trainer:
             rec.update_status(state="running", step=0, tokens=0, total_steps=total, message="",
                               best_val_loss=None, best_val_bpb=None, last_val_loss=None)
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
-                      f"{self.policy.device_name} ({self.policy.dtype}{', compiled' if self.policy.compile else ''})"
+                      f"{self.policy.device_name} ({self.policy.dtype}, {self.plan.describe()})"
                       + self._world_note() + "".join(f"; {w}" for w in self.warnings),
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
                       params=self.model.num_params(), warnings=list(self.warnings), **self._world_fields(True))
@@ -374,10 +378,10 @@ class Trainer:
             x, y = self.sampler.next_batch(policy.device)
             # Under DDP/FSDP2 gradients are synchronized on the last micro-step only.
             with par.micro_step(i == accum - 1) if par is not None else contextlib.nullcontext():
+                engine.step_begin(self.plan)
                 with par.autocast(policy) if par is not None else policy.autocast():
-                    logits = self.train_model(x)
-                # torch's fused cross-entropy (checked against lm.functional.cross_entropy in the core tests).
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+                    # The loss comes from the fused, chunked LM head inside the compiled region.
+                    loss = self.train_model(x, targets=y)
                 if self._inject_nan_at == step and self._inject_here():
                     loss = loss * float("nan")
                 (loss / accum).backward()

@@ -1,0 +1,149 @@
+"""How a training step runs fast: compilation, CUDA graphs, activation checkpointing, the compile cache.
+
+The model (:mod:`lm.model`) says what the network computes; this module only
+decides how it is run, for the trainer and the benchmarks alike:
+
+- **Regional compilation.** Each transformer block is compiled in place
+  (``block.compile()``); the blocks share one code object and dynamo treats
+  their parameters as inputs, so the first block's graph is compiled once and
+  reused by every other: compile time does not grow with depth. The model's
+  :meth:`~lm.model.TransformerLM.loss` (final norm + the fused chunked LM head
+  and cross-entropy) is a region of its own, so the loss runs compiled too.
+- **CUDA graphs** (Inductor's ``reduce-overhead`` mode) for small models,
+  whose steps are bound by the host launching kernels rather than by the GPU.
+- **Activation checkpointing** (``training.activation_checkpointing``):
+  ``full`` keeps only each block's input and recomputes the block in backward;
+  ``selective`` keeps the outputs of the matmuls and attention (the expensive
+  ops) and recomputes only the cheap elementwise ones (norms, RoPE, SiLU,
+  dropout masks are replayed from the saved RNG state).
+- **A persistent compile cache** under the lab cache (``~/.cache/lab/inductor``
+  unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise), so a second run of the
+  same shapes skips most of Inductor's and Triton's work.
+
+Compiling changes no state-dict name: ``module.compile()`` keeps the module.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.utils.checkpoint
+
+CHECKPOINTING = ("none", "full", "selective")
+CUDA_GRAPH_MAX_PARAMS = 50_000_000
+"""Below this many parameters a CUDA step is launch-bound and CUDA graphs are the default."""
+
+
+@dataclass(frozen=True)
+class CompilePlan:
+    """How the model's forward and loss are run."""
+
+    compile: bool
+    """Compile each block and the loss region (regional compilation)."""
+    cuda_graphs: bool = False
+    """Capture the compiled regions in CUDA graphs (Inductor mode 'reduce-overhead')."""
+
+    @property
+    def mode(self) -> str | None:
+        return "reduce-overhead" if self.cuda_graphs else None
+
+    def describe(self) -> str:
+        if not self.compile:
+            return "eager"
+        return "compiled per block" + (", CUDA graphs" if self.cuda_graphs else "")
+
+
+def plan_for(compile: bool, device: torch.device, num_params: int, cuda_graphs: str = "auto") -> CompilePlan:
+    """The plan for a policy's ``compile`` switch: CUDA graphs 'auto' = on CUDA for small models only."""
+    if not compile:
+        return CompilePlan(False)
+    if cuda_graphs == "auto":
+        graphs = device.type == "cuda" and num_params < CUDA_GRAPH_MAX_PARAMS
+    else:
+        graphs = cuda_graphs == "on" and device.type == "cuda"
+    return CompilePlan(True, graphs)
+
+
+def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> str:
+    """Point Inductor's on-disk caches (FX graphs, AOT autograd, Triton kernels) into the lab cache.
+
+    An explicit ``TORCHINDUCTOR_CACHE_DIR`` wins. Read by Inductor when it first
+    compiles, so this must run before the first compiled call. Returns the directory.
+    """
+    from lm.data.paths import cache_root
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current:
+        return current
+    path = str(cache_root(cache_dir) / "inductor")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    return path
+
+
+def prepare(model: torch.nn.Module, plan: CompilePlan, checkpointing: str = "none") -> torch.nn.Module:
+    """Apply checkpointing, then the compile plan, to ``model`` in place; returns it."""
+    if checkpointing not in CHECKPOINTING:
+        raise ValueError(f"activation checkpointing must be one of {CHECKPOINTING}, got {checkpointing!r}")
+    if checkpointing != "none":
+        enable_checkpointing(model, selective=checkpointing == "selective")
+    if plan.compile:
+        for layer in model.layers:
+            layer.compile(mode=plan.mode)
+        # An instance attribute shadows the method: forward(targets=...) then runs the compiled loss region.
+        model.loss = torch.compile(model.loss, mode=plan.mode)
+    return model
+
+
+def step_begin(plan: CompilePlan) -> None:
+    """Tell the CUDA-graph trees a new iteration starts (the previous step's outputs may be overwritten)."""
+    if plan.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+# ----------------------------------------------------------------------------- checkpointing
+
+def _selective_policy():
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    aten = torch.ops.aten
+    keep = {aten.mm.default, aten.addmm.default, aten.bmm.default,
+            aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_efficient_attention.default,
+            aten._scaled_dot_product_cudnn_attention.default}
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+    return policy
+
+
+def _selective_context():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_selective_policy())
+
+
+def enable_checkpointing(model: torch.nn.Module, selective: bool = False) -> None:
+    """Recompute each block in backward (non-reentrant torch.utils.checkpoint).
+
+    ``selective``: keep the matmul and attention outputs, recompute the rest.
+    Only the block's call is wrapped (an instance attribute over ``forward``),
+    so parameters, state-dict names and the model file stay as they are.
+    """
+    kwargs = {"context_fn": _selective_context} if selective else {}
+    for layer in model.layers:
+        inner = layer.forward
+
+        @functools.wraps(inner)
+        def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
+            if kv_cache is not None or not torch.is_grad_enabled():
+                return _inner(x, token_positions, kv_cache)
+            # No early stop: it aborts the recompute by raising inside an op, and einx wraps
+            # exceptions raised inside its operations, which would turn that into a failure.
+            with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+                return torch.utils.checkpoint.checkpoint(_inner, x, token_positions, None, use_reentrant=False,
+                                                         **kwargs)
+
+        layer.forward = checkpointed

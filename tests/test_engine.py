@@ -1,0 +1,200 @@
+"""The training engine's fast paths against plain references: fused loss, fused AdamW, checkpointing, compile."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm import functional as LF
+from lm.config.schema import ModelConfig
+from lm.device import configure_backends, resolve_device
+from lm.errors import ConfigError
+from lm.model import TransformerLM
+from lm.optim import AdamW
+from lm.runs import RunDir
+from lm.train import engine
+from tests.test_train import make, tiny_cfg, weights
+
+
+def _reference(h, w, t, reduction):
+    logits = h.reshape(-1, h.shape[-1]) @ w.t()  # (N, V), the full logits
+    return F.cross_entropy(logits, t.reshape(-1), reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("chunk_rows", [None, 7, 1000])
+def test_fused_loss_equals_cross_entropy_of_the_full_logits_in_float64(reduction, chunk_rows):
+    torch.manual_seed(0)
+    h = torch.randn(3, 29, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(101, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 101, (3, 29))
+    got = LF.linear_cross_entropy(h, w, t, reduction, chunk_rows=chunk_rows)
+    want = _reference(h, w, t, reduction)
+    g_got = torch.autograd.grad(got * 1.7, (h, w))  # a non-unit upstream gradient
+    g_want = torch.autograd.grad(want * 1.7, (h, w))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert got.dtype == torch.float64 and g_got[0].dtype == torch.float64
+
+
+def test_fused_loss_in_bf16_is_within_bf16_rounding_of_the_fp32_reference():
+    torch.manual_seed(0)
+    h = torch.randn(64, 32).to(torch.bfloat16).requires_grad_()
+    w = (torch.randn(257, 32) * 0.3).to(torch.bfloat16).requires_grad_()
+    t = torch.randint(0, 257, (64,))
+    got = LF.linear_cross_entropy(h, w, t, chunk_rows=24)
+    g_got = torch.autograd.grad(got, (h, w))
+    hf, wf = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    want = _reference(hf, wf, t, "mean")
+    g_want = torch.autograd.grad(want, (hf, wf))
+    assert got.dtype == torch.float32  # the loss itself is at least fp32
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    for a, b in zip(g_got, g_want):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b, rtol=5e-2, atol=2e-3)
+
+
+def test_fused_loss_under_autocast_runs_its_matmuls_in_bf16_and_matches():
+    torch.manual_seed(0)
+    h = torch.randn(48, 32, requires_grad=True)
+    w = torch.randn(100, 32, requires_grad=True)
+    t = torch.randint(0, 100, (48,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = LF.linear_cross_entropy(h, w, t)
+        want = F.cross_entropy((h @ w.t()).float(), t)  # autocast's bf16 matmul, fp32 loss
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    got.backward()
+    assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+
+
+def test_fused_loss_without_grad_builds_no_graph_and_tied_weights_get_both_gradients():
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", tie_embeddings=True)
+    model = TransformerLM(cfg).double()
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    y = torch.randint(0, cfg.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert not model(x, targets=y).requires_grad
+    model(x, targets=y).backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model(x).reshape(-1, cfg.vocab_size), y.reshape(-1)).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_fused_adamw_is_the_cs336_update():
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(5, 7)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(7))]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    groups = lambda params: [{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.0}]  # noqa: E731
+    plain = AdamW(groups(ps), lr=1e-2, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1, fused=False)
+    fused = AdamW(groups(qs), lr=1e-2, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1, fused=True)
+    for _ in range(100):
+        for p, q in zip(ps, qs):
+            g = torch.randn_like(p) * 0.01  # small gradients: eps matters, so its placement is checked
+            p.grad, q.grad = g.clone(), g.clone()
+        plain.step()
+        fused.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert plain.state_dict()["state"][0]["step"] == fused.state_dict()["state"][0]["step"] == 100
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_gives_the_same_gradients(mode):
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny")
+    plain, ckpt = TransformerLM(cfg), TransformerLM(cfg)
+    ckpt.load_state_dict(plain.state_dict())
+    engine.prepare(ckpt, engine.CompilePlan(False), mode)
+    x = torch.randint(0, cfg.vocab_size, (2, 32))
+    for m in (plain, ckpt):
+        m(x, targets=x).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name, rtol=0, atol=0)
+    assert plain.state_dict().keys() == ckpt.state_dict().keys()
+
+
+def test_unknown_checkpointing_mode_is_refused():
+    with pytest.raises(ValueError, match="selective"):
+        engine.prepare(TransformerLM(ModelConfig.from_name("tiny")), engine.CompilePlan(False), "some")
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_resume_stays_bitwise_exact_with_activation_checkpointing(tmp_path, mode):
+    cfg = tiny_cfg(activation_checkpointing=mode, steps=16)
+    cfg.model = dataclasses.replace(cfg.model, attn_dropout=0.1, resid_dropout=0.1)  # recompute replays the RNG
+    assert make(cfg, tmp_path / "straight").run() == 0
+    interrupted = make(cfg, tmp_path / "split")
+    interrupted.progress = lambda kind, rec: (kind == "train" and rec["step"] == 8
+                                              and interrupted.stop.request("test"))
+    assert interrupted.run() == 5
+    resumed = make(cfg, tmp_path / "split")
+    assert resumed.run(resume_from=RunDir(tmp_path / "split").checkpoint("latest")) == 0
+    a, b = weights(tmp_path / "straight/checkpoints/latest.pt"), weights(tmp_path / "split/checkpoints/latest.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Checkpointing changes what is kept, not the numbers: the same run without it ends bit for bit equal.
+    plain = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, activation_checkpointing="none"))
+    assert make(plain, tmp_path / "plain").run() == 0
+    c = weights(tmp_path / "plain/checkpoints/latest.pt")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_plan_cuda_graphs_only_for_small_compiled_cuda_models():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert engine.plan_for(True, cuda, 10_000_000) == engine.CompilePlan(True, True)
+    assert engine.plan_for(True, cuda, 200_000_000) == engine.CompilePlan(True, False)
+    assert engine.plan_for(True, cpu, 10_000_000) == engine.CompilePlan(True, False)
+    assert engine.plan_for(True, cuda, 10_000_000, "off") == engine.CompilePlan(True, False)
+    assert engine.plan_for(False, cuda, 10_000_000, "on") == engine.CompilePlan(False)
+    assert engine.CompilePlan(True, True).mode == "reduce-overhead"
+
+
+def test_compile_cache_goes_under_the_lab_cache_unless_torch_is_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert engine.use_compile_cache(tmp_path) == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    assert engine.use_compile_cache(tmp_path) == "/elsewhere"
+
+
+def test_device_errors_name_the_setting_and_what_exists(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"--device = 'cuda' but CUDA is not available here; available: cpu"):
+        resolve_device("cuda", "--device")
+    with pytest.raises(ConfigError, match="training.device must be"):
+        resolve_device("tpu")
+    assert resolve_device("auto").type in ("cpu", "mps")
+
+
+def test_configure_backends_sets_threads_only_when_asked():
+    before = torch.get_num_threads()
+    try:
+        configure_backends(torch.device("cpu"), None)
+        assert torch.get_num_threads() == before
+        configure_backends(torch.device("cpu"), 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_compiled_step_equals_the_eager_step():
+    """Regional compilation (CPU Inductor here) computes the same loss and gradients as eager."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny", num_layers=2)
+    eager, compiled = TransformerLM(cfg), TransformerLM(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    engine.prepare(compiled, engine.CompilePlan(True))
+    x = torch.randint(0, cfg.vocab_size, (2, 32))
+    losses = [m(x, targets=x) for m in (eager, compiled)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert eager.state_dict().keys() == compiled.state_dict().keys()
