@@ -60,7 +60,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """``cross_entropy(h @ weight^T, targets)`` without ever holding the logits of the whole batch.
 
     h: (..., d), weight: (V, d), targets: (...) -> a scalar (mean or sum over all targets).
-    The rows are taken ``chunk_rows`` at a time: each chunk's logits are made, reduced to
+    Eagerly, the rows are taken ``chunk_rows`` at a time: each chunk's logits are made, reduced to
     its loss and, when gradients are wanted, turned straight into its share of the
     gradients of ``h`` and ``weight`` (softmax - one-hot is the gradient of the logits),
     then dropped. So the full (N, V) fp32 logits (3.3 GB at 16 x 1024 x 50304) and their
@@ -73,6 +73,13 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     d = h.shape[-1]
     h2 = h.reshape(-1, d)  # (..., d) -> (N, d)
     t = targets.reshape(-1)  # (...) -> (N,)
+    if torch.compiler.is_compiling():
+        # Inside a compiled region: the plain ops, which Inductor fuses (the upcast and the softmax run
+        # in its kernels, so no fp32 copy of the logits is written; the bf16 logits are kept for the
+        # backward). The chunked autograd.Function below gave zero gradients once compiled by
+        # torch 2.11's Inductor on CUDA (correct on the CPU), so compiled code does not use it.
+        logits = h2 @ weight.t()  # (N, V)
+        return F.cross_entropy(logits.float(), t, reduction=reduction)
     if chunk_rows is None:
         chunk_rows = loss_chunk_rows(weight.shape[0])
     device_type = h.device.type

@@ -95,10 +95,13 @@ def test_persistent_state_is_16_bytes_per_parameter_also_under_bf16():
         e = C.estimate(cfg, "h100", batch_size=1, dtype=dtype)
         P = e.params.total
         assert e.memory.params == 4 * P and e.memory.grads == 4 * P and e.memory.optimizer == 8 * P
-    bf16 = C.estimate(cfg, "h100", batch_size=1, dtype="bf16")
+    bf16 = C.estimate(cfg, "h100", batch_size=1, dtype="bf16", compile=False)
     # autocast keeps fp32 master weights and saves bf16 copies of every block's matmul weights; the
-    # fused LM head + loss keeps none (its bf16 copy of the head lives only during its forward)
+    # eager fused LM head + loss keeps none (its bf16 copy of the head lives only during its forward)
     assert bf16.memory.weight_copies == 2 * (e.params.attention + e.params.ffn)
+    # compiled, the LM head and loss are Inductor's: the head's bf16 copy is saved too
+    compiled = C.estimate(cfg, "h100", batch_size=1, dtype="bf16", compile=True)
+    assert compiled.memory.weight_copies == 2 * (e.params.attention + e.params.ffn + cfg.vocab_size * cfg.d_model)
 
 
 def test_memory_grows_with_batch_and_max_batch_size_is_the_boundary():

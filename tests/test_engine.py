@@ -145,12 +145,12 @@ def test_resume_stays_bitwise_exact_with_activation_checkpointing(tmp_path, mode
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_plan_cuda_graphs_only_for_small_compiled_cuda_models():
+def test_plan_cuda_graphs_only_when_asked_and_only_on_cuda():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert engine.plan_for(True, cuda, 10_000_000) == engine.CompilePlan(True, True)
-    assert engine.plan_for(True, cuda, 200_000_000) == engine.CompilePlan(True, False)
-    assert engine.plan_for(True, cpu, 10_000_000) == engine.CompilePlan(True, False)
-    assert engine.plan_for(True, cuda, 10_000_000, "off") == engine.CompilePlan(True, False)
+    assert engine.plan_for(True, cuda, 10_000_000) == engine.CompilePlan(True, False)  # opt-in only
+    assert engine.plan_for(True, cuda, 10_000_000, "auto") == engine.CompilePlan(True, True)
+    assert engine.plan_for(True, cuda, 200_000_000, "auto") == engine.CompilePlan(True, False)
+    assert engine.plan_for(True, cpu, 10_000_000, "on") == engine.CompilePlan(True, False)
     assert engine.plan_for(False, cuda, 10_000_000, "on") == engine.CompilePlan(False)
     assert engine.CompilePlan(True, True).mode == "reduce-overhead"
 

@@ -157,12 +157,24 @@ class _Display:
         self.last_train: dict = {}
         self.last_event: dict = {}
         self.messages: list[str] = []
+        self._first: tuple[int, float] | None = None
 
     def eta(self, step: int) -> float | None:
-        done = step - self.step0
-        if done <= 0 or not self.total:
+        """Seconds left, from the wall-clock rate since the first train line (so not counting the
+        compile of the first step); at the first line, from its tokens/s (which leaves it out too)."""
+        if not self.total or step <= self.step0:
             return None
-        return (time.perf_counter() - self.t0) / done * (self.total - step)
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (step, now)
+        first_step, first_t = self._first
+        if step > first_step:
+            return (now - first_t) / (step - first_step) * (self.total - step)
+        rec = self.last_train
+        tps, tokens = rec.get("tokens_per_s"), rec.get("tokens")
+        if tps and tokens and rec.get("step"):
+            return (self.total - step) * (tokens / rec["step"]) / tps
+        return (now - self.t0) / (step - self.step0) * (self.total - step)
 
     def __call__(self, kind: str, rec: dict) -> None:
         if kind == "event":
@@ -175,7 +187,7 @@ class _Display:
         elif kind in ("start", "resume"):
             from lm.runs import RunDir
 
-            self.step0, self.t0 = rec["step"], time.perf_counter()
+            self.step0, self.t0, self._first = rec["step"], time.perf_counter(), None
             self.total = RunDir(self.run_dir).status().total_steps
             self.line(rec["message"])
             self.started(rec)

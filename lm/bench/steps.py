@@ -73,7 +73,7 @@ class Workload:
 def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dtype: str = "fp32",
                    device: torch.device | str = "cpu", compile: bool = False, checkpointing: bool | str = False,
                    grad_clip: float = 1.0, grad_accum: int = 1, tf32: bool = True, seed: int = 0,
-                   meta_init: bool = False, cuda_graphs: str = "auto") -> Workload:
+                   meta_init: bool = False, cuda_graphs: str = "off") -> Workload:
     """Build the model on ``device`` with the trainer's optimizer and a random batch.
 
     ``tf32``: let fp32 matmuls use TF32 on CUDA (the trainer does). ``meta_init``

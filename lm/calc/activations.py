@@ -74,7 +74,8 @@ def sdpa_path(cfg: ModelConfig, device_kind: str, training: bool = True) -> str:
 
 
 def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, device_kind: str = "cuda",
-                      training: bool = True, checkpointing: bool = False, fused_loss: bool = True) -> Activations:
+                      training: bool = True, checkpointing: bool = False, fused_loss: bool = True,
+                      compiled_loss: bool = False) -> Activations:
     """Bytes autograd saves for a training forward over ``batch`` x ``T`` tokens.
 
     ``autocast``: bf16 autocast. ``device_kind``: 'cuda', 'mps' or 'cpu'; it decides
@@ -83,6 +84,8 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
     sdpa's output. ``training``: dropout active. ``checkpointing``: each block
     wrapped in ``torch.utils.checkpoint`` (non-reentrant): only its input is kept.
     ``fused_loss``: the fused chunked LM head + loss (else full logits and F.cross_entropy).
+    ``compiled_loss``: lab's loss inside a compiled region (LM head + F.cross_entropy fused by
+    Inductor: the matmul-dtype logits and the log-sum-exp are kept, no fp32 copy).
     """
     d, V, H, f = cfg.d_model, cfg.vocab_size, cfg.num_heads, cfg.ffn_dim
     N = batch * T
@@ -151,7 +154,11 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
         head["ln_final.input"] = N * d * 4
         head["ln_final.normalized"] = N * d * 4
         head["ln_final.rms"] = N * 4
-    if fused_loss:
+    if compiled_loss:
+        head["lm_head.input"] = N * d * a
+        loss = {"logits": N * V * a, "logsumexp": N * 4}
+        head_copy = 2.0 * V * d if autocast else 0.0
+    elif fused_loss:
         # The fused chunked LM head + cross-entropy (lm.functional.linear_cross_entropy) saves no logits:
         # it computes the gradients of its input (fp32, the residual stream's dtype) and of the LM head
         # weight (fp32) during the forward and keeps only those.

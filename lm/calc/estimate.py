@@ -132,7 +132,7 @@ def _memory(model: ModelConfig, device: DeviceProfile, s: Settings, params: Para
             ) -> tuple[Activations, MemoryEstimate]:
     act = saved_activations(model, s.batch_size, s.context_length, autocast=s.dtype == "bf16",
                             device_kind=device.kind, checkpointing=s.activation_checkpointing,
-                            fused_loss=s.engine == "fused")
+                            fused_loss=s.engine == "fused", compiled_loss=s.engine == "fused" and s.compile)
     naive = model.attention == "naive" or sdpa_path(model, device.kind) != "fused"
     mem = estimate_memory(model, s, params, act, capacity=device.usable_bytes, overhead=device.overhead_bytes,
                           fragmentation=device.fragmentation.value, naive_attention=naive,
@@ -236,7 +236,7 @@ def time_estimate(model: ModelConfig, dev: DeviceProfile, s: Settings, eff: Effi
     fused = model.attention == "sdpa" and dev.flash_attention and sdpa_path(model, dev.kind) == "fused"
     ops = forward_ops(model, s.batch_size, s.context_length, autocast=s.dtype == "bf16",
                       exp_fp32=dev.kind != "cpu", fused_attention=fused, flash_backward=eff.flash_backward,
-                      fused_loss=s.engine == "fused")
+                      fused_loss=s.engine == "fused", compiled_loss=s.engine == "fused" and s.compile)
     groups = 2 if params.norms else 1  # decayed matrices and undecayed norm gains
     opt = optimizer_ops(params.total, params.num_tensors, grad_clip=s.grad_clip, multi_tensor=dev.kind == "cuda",
                         groups=groups, fused=s.engine == "fused" and dev.kind == "cuda")

@@ -134,12 +134,17 @@ def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Acti
     layer_copies_kept = 0.0 if s.activation_checkpointing else L * cp_layer
 
     fused = s.engine == "fused"
+    compiled_loss = fused and s.compile  # LM head + cross-entropy fused by Inductor
     cp_head = act.detail.get("lm_head_copy", 0.0)
     logits_var = 0.0 if fused else act.loss["logits"]  # the unfused loop's variable holds the logits
     phases: dict[str, float] = {}
     model_fwd_end = static + g_acc + L * kept + head_acts + L * cp_layer + cp_head + logits_var
     after_fwd = static + g_acc + L * kept + head_acts + layer_copies_kept + cp_head
-    if fused:
+    if compiled_loss:
+        a = 2.0 if autocast else 4.0
+        phases["forward"] = max(model_fwd_end, after_fwd + loss_acts)
+        phases["loss backward"] = after_fwd + loss_acts + a * N * V  # the logits' gradient, matmul dtype
+    elif fused:
         # Inside the fused loss, one chunk at a time: the chunk's fp32 logits turned in place into the
         # gradient, its bf16 copy (autocast), the LM head's bf16 copy and the chunk's input copy.
         d = cfg.d_model

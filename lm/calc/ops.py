@@ -71,7 +71,8 @@ def flash_fraction(T: int) -> float:
 
 
 def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, exp_fp32: bool = True,
-                fused_attention: bool = False, flash_backward: float = 2.5, fused_loss: bool = True) -> list[Op]:
+                fused_attention: bool = False, flash_backward: float = 2.5, fused_loss: bool = True,
+                compiled_loss: bool = False) -> list[Op]:
     """Every op of one forward pass plus the loss, for ``batch`` sequences of ``T`` tokens.
 
     ``autocast``: bf16 autocast (matmul inputs, outputs and weight copies in bf16).
@@ -172,6 +173,15 @@ def forward_ops(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False,
     # --- head
     if has_norm:
         add("ln_final", "norms", "elementwise", 1, 4 * N * d, 7 * N * d * R, 6)
+    if compiled_loss:
+        # LM head + F.cross_entropy inside the compiled region: the logits written once in the matmul
+        # dtype, read by the fused log-sum-exp kernel and again by the backward's softmax kernel,
+        # which writes their gradient (matmul dtype) for the two gradient matmuls.
+        add("lm_head", "lm_head", "matmul", 1, 2 * N * d * V, a * (N * d + V * d + N * V), 1)
+        if autocast:
+            add("head_casts", "other", "elementwise", 1, 0, 6 * (V * d + N * d), 2)
+        add("loss", "loss", "elementwise", 1, 5 * N * V, 3 * a * N * V, 2, backward_kernels=1)
+        return ops
     if fused_loss:
         # Per chunk: the logits matmul, then (in the forward) the input and weight gradient matmuls,
         # priced as the matmul's backward. The chunk's softmax pass: logits written (a) and read,

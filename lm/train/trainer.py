@@ -154,7 +154,7 @@ class Trainer:
         # Initialized on the CPU so a seed gives the same weights on every device.
         self.model = TransformerLM(cfg.model).to(policy.device)
         tr = cfg.training
-        self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params(), tr.cuda_graphs)
+        self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params())
         if self.plan.compile:
             engine.use_compile_cache(cfg.data.cache_dir)
         engine.prepare(self.model, self.plan, tr.activation_checkpointing)
@@ -353,11 +353,17 @@ class Trainer:
         self._ns_flops = _newton_schulz_flops(cfg)
         window = StepWindow(cfg.training.log_every, self.policy.device)
         self._win_t0, self._win_paused = time.perf_counter(), 0.0
+        self._untimed = None
         while st.step < total:
             if self.stop.requested and self.par is None:  # asked before this session's first step
                 self._save(step_file=False, best=False)
                 return self._stopped()
             self._step(window)
+            if self._untimed is None:
+                # The session's first step compiles: keep it out of tokens/s, MFU and so the ETA.
+                self._untimed = 1 if cfg.training.log_every > 1 else 0
+                if self._untimed:
+                    self._win_t0 = time.perf_counter()
             stopping, time_up = self._stop_signals()
             code = self._boundary(window, stopping=stopping, time_up=time_up)
             if code is not None:
@@ -470,7 +476,9 @@ class Trainer:
     def _log_train(self, stats: WindowStats, synced: float) -> None:
         cfg, st = self.cfg, self.state
         seconds = max(synced - self._win_t0 - self._win_paused, 1e-9)
-        tokens_per_s = len(stats.steps) * cfg.tokens_per_step / seconds
+        timed = len(stats.steps) - (self._untimed or 0)
+        self._untimed = 0
+        tokens_per_s = timed * cfg.tokens_per_step / seconds
         loss = stats.mean_loss()
         flops_per_token, peak, estimated = self._mfu_inputs
         world = self.dist.world_size if self.par is not None else 1
