@@ -65,11 +65,28 @@ def test_sample_rejects_bad_values_without_a_traceback(run_dir, capsys, flag, va
     assert code == 2 and words in err and "Traceback" not in err
 
 
+def test_sample_defaults_to_the_newest_checkpoint_that_exists(tmp_path, capsys):
+    run = write_run(tmp_path, best=False)
+    code = main(["sample", str(run), "-p", "ab", "-t", "0", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out == PATTERN_TEXT + "\n"
+    assert "no best checkpoint yet: using latest" in err and "latest.pt" in err
+
+
 def test_sample_on_a_missing_checkpoint(tmp_path, capsys):
     run = write_run(tmp_path, best=False)
-    code = main(["sample", str(run), "-p", "ab", "--device", "cpu"])
+    code = main(["sample", str(run), "-p", "ab", "--checkpoint", "best", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert code == 2 and "latest.pt" in err
+    assert code == 2 and "best" in err and "Traceback" not in err
+
+
+def test_chat_survives_a_bad_seed_and_invalid_utf8(run_dir, monkeypatch, capsys):
+    lines = b"/seed 99999999999999999999\n/seed x\n\xff\xfe\xfd\nab\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines), encoding="utf-8"))
+    code = main(["chat", str(run_dir), "--device", "cpu", "-t", "0"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in out + err
+    assert "c€de " in out  # the turn after the bad input was answered
 
 
 def test_chat_streams_replies_and_applies_commands(run_dir, monkeypatch, capsys):

@@ -89,6 +89,10 @@ async def _settled(pilot, tab: str) -> None:
 @pytest.mark.parametrize("tab", ["config", "monitor", "calculator", "queue", "chat"])
 def test_tab_snapshot(snap_compare, world, monkeypatch, tab, size):
     monkeypatch.chdir(world)
+    # The cpu profile is scaled to the host (cores, memory): pin the 2-core, 24 GiB box the pictures were
+    # taken on, so a machine of another size draws the same screens.
+    monkeypatch.setattr("lm.calc.devices.host_cpu_cores", lambda: 2)
+    monkeypatch.setattr("lm.calc.devices._host_memory_gib", lambda: 23.540176391601562)
     app = LabApp("runs", cwd=world, experiment="experiments/demo.toml", initial_tab=tab, poll_interval=60.0)
 
     async def run_before(pilot):

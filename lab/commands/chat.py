@@ -131,8 +131,14 @@ class Chat:
 def _read_lines(interactive: bool):
     """Input lines; readline editing and history on a terminal."""
     if not interactive:
-        for line in sys.stdin:
-            yield line.rstrip("\n")
+        # Bytes decoded with replacement: invalid UTF-8 on a pipe becomes U+FFFD instead of ending the session.
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text-only stdin (a StringIO): already str
+            for line in sys.stdin:
+                yield line.rstrip("\n")
+            return
+        for raw in stream:
+            yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
         return
     try:
         import readline

@@ -16,8 +16,9 @@ DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 0, "max_new_tokens": 256
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """RUN_DIR, --checkpoint, --device, --dtype."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (runs/<name>-<time>)")
-    p.add_argument("--checkpoint", default="best", metavar="WHICH",
-                   help="best (default), latest, step_N or a checkpoint file")
+    p.add_argument("--checkpoint", default=None, metavar="WHICH",
+                   help="best, latest, step_N or a checkpoint file (default: best, else latest, else the "
+                        "newest step checkpoint that exists)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="weights' precision; auto is bf16 on CUDA, fp32 elsewhere")
@@ -50,13 +51,28 @@ def sampling_params(args):
                           max_new_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop)).validate()
 
 
+def checkpoint_choice(run_dir, which: str | None, log) -> str:
+    """The checkpoint to load: the one named, else the newest that exists (best, else latest, else the
+    newest step_N), saying which when it is not ``best`` (a run stopped before its first evaluation has none)."""
+    if which is not None:
+        return which
+    from lm.runs import RunDir
+
+    found = RunDir(run_dir).default_checkpoint()
+    if found is None:
+        return "best"  # an export folder, or a run without checkpoints: the loader explains which
+    if found != "best":
+        print(f"{run_dir} has no best checkpoint yet: using {found}", file=log, flush=True)
+    return found
+
+
 def load_generator(args, log=None):
     """Load the run named on the command line; returns (Generator, LoadedRun) and says what was loaded."""
     from lm.decode import Generator, load
 
     log = log or sys.stderr
     t0 = time.perf_counter()
-    loaded = load(args.run_dir, args.checkpoint, args.device, args.dtype)
+    loaded = load(args.run_dir, checkpoint_choice(args.run_dir, args.checkpoint, log), args.device, args.dtype)
     gen = Generator(loaded.model, loaded.tokenizer, cuda_graphs=False if args.no_cuda_graphs else None)
     p = next(loaded.model.parameters())
     step = f"step {loaded.iteration}, " if loaded.iteration is not None else ""

@@ -25,8 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "Requests are decoded together (continuous batching, --max-batch at a time); more wait in "
                     "a queue of --max-queue, beyond which the answer is 429. docs/serving.md has the details.")
     p.add_argument("run_dir", metavar="RUN", help="a run directory (runs/<name>-<time>) or an export folder")
-    p.add_argument("--checkpoint", default="best", metavar="WHICH",
-                   help="best (default), latest, step_N or a checkpoint file")
+    p.add_argument("--checkpoint", default=None, metavar="WHICH",
+                   help="best, latest, step_N or a checkpoint file (default: best, else latest, else the "
+                        "newest step checkpoint that exists)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch", type=int, default=8, metavar="N",
@@ -93,7 +94,10 @@ def run(args) -> int:
     from lm.decode import Engine, load
 
     t0 = time.perf_counter()
-    loaded = load(args.run_dir, args.checkpoint, args.device, args.dtype)
+    from lab.commands.sample import checkpoint_choice
+
+    loaded = load(args.run_dir, checkpoint_choice(args.run_dir, args.checkpoint, sys.stderr), args.device,
+                  args.dtype)
     engine = Engine(loaded.model, max_batch=args.max_batch, cuda_graphs=False if args.no_cuda_graphs else None)
     _warm_up(engine)
     # The folder given (a run or an export folder), not the checkpoint's grandparent: an export holds its weights at top level.
