@@ -16,7 +16,7 @@ from lm.model import TransformerLM
 from lm.optim import AdamW
 from lm.runs import RunDir
 from lm.train import engine
-from tests.test_train import make, tiny_cfg, weights
+from test_train import make, tiny_cfg, weights
 
 
 def _reference(h, w, t, reduction):
