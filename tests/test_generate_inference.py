@@ -115,7 +115,7 @@ def test_device_and_dtype_names():
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(LabError, match="unknown dtype"):
         resolve_dtype("fp8", torch.device("cpu"))
-    with pytest.raises(LabError, match="unknown device"):
+    with pytest.raises(LabError, match=r"--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'gpu0'"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
         with pytest.raises(LabError, match="CUDA is not available"):

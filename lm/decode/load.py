@@ -31,28 +31,10 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; anything else must name an available device."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise LabError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LabError(f"device {device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise LabError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
-                       "device(s)")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise LabError(f"device {device!r} was asked for but MPS is not available here; use 'auto' or 'cpu'")
-    return dev
+    """The device of ``--device`` ('auto' picks cuda, then mps, then cpu): lm.device's one resolution."""
+    from lm.device import resolve_device as resolve
+
+    return resolve(device, "--device")
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
