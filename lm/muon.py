@@ -115,21 +115,6 @@ class Muon(AdamW):
                 self._adamw_group(params, group)
         return loss
 
-    def _adamw_group(self, params: list[torch.Tensor], group: dict) -> None:
-        """lm.optim.AdamW's step for one group (its bucketing by step count, device and dtype)."""
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-        buckets: dict[tuple, list[torch.Tensor]] = {}
-        for p in params:
-            buckets.setdefault((self.state[p]["step"], p.device, p.dtype), []).append(p)
-        for (t, _, _), ps in buckets.items():
-            self._update(ps, t, group)
-
     def _muon_update(self, params: list[torch.Tensor], group: dict) -> None:
         lr, beta, wd, k = group["lr"], group["momentum"], group["weight_decay"], group["split"]
         directions = []

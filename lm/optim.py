@@ -37,23 +37,26 @@ class AdamW(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-            # Params of a group share their step count; bucket by it (and by device/dtype,
-            # which the multi-tensor ops need) so one launch updates many tensors.
-            buckets: dict[tuple, list[torch.Tensor]] = {}
-            for p in params:
-                buckets.setdefault((self.state[p]["step"], p.device, p.dtype), []).append(p)
-            for (t, _, _), ps in buckets.items():
-                self._update(ps, t, group)
+            if params:
+                self._adamw_group(params, group)
         return loss
+
+    def _adamw_group(self, params: list[torch.Tensor], group: dict) -> None:
+        """One AdamW step for a group's parameters that have gradients (Muon uses it for its AdamW groups)."""
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+        # Params of a group share their step count; bucket by it (and by device/dtype,
+        # which the multi-tensor ops need) so one launch updates many tensors.
+        buckets: dict[tuple, list[torch.Tensor]] = {}
+        for p in params:
+            buckets.setdefault((self.state[p]["step"], p.device, p.dtype), []).append(p)
+        for (t, _, _), ps in buckets.items():
+            self._update(ps, t, group)
 
     def _update(self, params: list[torch.Tensor], t: int, group: dict) -> None:
         """One AdamW step for tensors at step t: m, v moments, bias correction, decoupled decay."""
