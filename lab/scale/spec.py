@@ -27,13 +27,13 @@ matmul, attention included), so an isoFLOP budget C gives D = C / flops_per_toke
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.sweep.spec import unknown_keys
 from lm.errors import ConfigError
 
 RULES = ("fixed", "per_param", "isoflop")
@@ -84,16 +84,6 @@ class ScaleSpec:
         return f"scale:{self.name}"
 
 
-def _unknown(keys, allowed, where: str) -> list[str]:
-    out = []
-    for k in keys:
-        if k not in allowed:
-            close = difflib.get_close_matches(k, allowed, n=1)
-            hint = f" — did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(allowed)}"
-            out.append(f"unknown key '{where}{k}'{hint}")
-    return out
-
-
 def _pos_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
@@ -119,7 +109,7 @@ def load_scale(path: str | Path, *, name: str | None = None, check_data: bool = 
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], source=source) from None
-    problems = _unknown(raw, TOP_KEYS, "")
+    problems = unknown_keys(raw, TOP_KEYS, "")
     study = name or raw.get("name") or path.stem
     if "base" not in raw or not isinstance(raw.get("base"), str):
         raise ConfigError(problems + ["'base' must name the base experiment file, e.g. base = \"../quickstart.toml\""],
@@ -137,7 +127,7 @@ def load_scale(path: str | Path, *, name: str | None = None, check_data: bool = 
     if not isinstance(budget, dict):
         problems.append("[budget] must be a table with rule = 'fixed' | 'per_param' | 'isoflop'")
         budget = {}
-    problems += _unknown(budget, BUDGET_KEYS, "budget.")
+    problems += unknown_keys(budget, BUDGET_KEYS, "budget.")
     rule = budget.get("rule", "fixed")
     if rule not in RULES:
         problems.append(f"budget.rule must be one of {', '.join(repr(r) for r in RULES)}, got {rule!r}")
@@ -169,7 +159,7 @@ def load_scale(path: str | Path, *, name: str | None = None, check_data: bool = 
     for si, size in enumerate(sizes):
         where = f"sizes[{si}]"
         keys = {k: v for k, v in size.items() if k != "preset"}
-        bad = _unknown(keys, model_keys, f"{where}.")
+        bad = unknown_keys(keys, model_keys, f"{where}.")
         if bad:
             problems += bad
             continue

@@ -114,7 +114,8 @@ def override_text(key: str, value: Any) -> str:
     return f"{key}={toml_value(value)}"
 
 
-def _unknown(keys, allowed, where: str) -> list[str]:
+def unknown_keys(keys, allowed, where: str) -> list[str]:
+    """A problem per key not in ``allowed``, with a did-you-mean (study files of sweeps and scaling)."""
     out = []
     for k in keys:
         if k not in allowed:
@@ -138,14 +139,14 @@ def load_sweep(path: str | Path, *, name: str | None = None) -> SweepSpec:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], source=source) from None
-    problems = _unknown(raw, TOP_KEYS, "")
+    problems = unknown_keys(raw, TOP_KEYS, "")
     for section, allowed in SECTION_KEYS.items():
         sub = raw.get(section, {})
         if not isinstance(sub, dict):
             problems.append(f"'{section}' must be a table ([{section}]), got {sub!r}")
             raw[section] = {}
         else:
-            problems += _unknown(sub, allowed, f"{section}.")
+            problems += unknown_keys(sub, allowed, f"{section}.")
     search, early = raw.get("search", {}), raw.get("early_stop", {})
 
     spec = SweepSpec(name=name or str(raw.get("name") or path.stem), path=path.absolute(), base=Path())
@@ -229,7 +230,7 @@ def _param(spec: SweepSpec, key: str, table) -> list[str]:
     where = f'params."{key}"'
     if not isinstance(table, dict):
         return [f"{where} must be a table with values = [...] or low/high, got {table!r}"]
-    problems = _unknown(table, PARAM_KEYS, f"{where}.")
+    problems = unknown_keys(table, PARAM_KEYS, f"{where}.")
     p = ParamSpec(key=key, values=table.get("values"), low=table.get("low"), high=table.get("high"),
                   log=table.get("log", False), step=table.get("step"))
     if p.values is not None:
