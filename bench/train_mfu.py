@@ -107,10 +107,11 @@ def build_baseline(cfg: ModelConfig, batch: int, device):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        return loss.detach()
     return step, n_flop_params
 
 
-def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "off"):
+def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "auto"):
     from lm.bench.steps import build_workload
 
     work = build_workload(cfg, batch_size=batch, context_length=cfg.context_length, dtype="bf16", device=device,
@@ -159,8 +160,7 @@ def run(name: str, builder, cfg: ModelConfig, batch: int, device, steps: int, pe
         out["plan"] = built[2] if len(built) > 2 else "torch.compile(model)"
         torch.cuda.synchronize()
         built_s = time.perf_counter() - t0
-        step()
-        torch.cuda.synchronize()
+        first_loss = step().float().item()  # the same batch every step: the loss must fall (gradients flow)
         first_s = time.perf_counter() - t0
         for _ in range(3):  # the backward and CUDA-graph recordings finish in the first few steps
             step()
@@ -169,10 +169,11 @@ def run(name: str, builder, cfg: ModelConfig, batch: int, device, steps: int, pe
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(steps):
-            step()
+            last = step()
         end.record()
         end.synchronize()
         step_s = start.elapsed_time(end) / 1e3 / steps
+        out["loss_first"], out["loss_last"] = first_loss, last.float().item()
     except torch.OutOfMemoryError:
         out["error"] = "out of memory"
         return out
@@ -215,8 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=",".join(ORDER))
     ap.add_argument("--steps", type=int, default=10, help="timed steps per case (after 4 warm-up steps)")
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--cuda-graphs", default="off", choices=["auto", "on", "off"],
-                    help="lab's engine with CUDA graphs (experimental: gave zero gradients on torch 2.11)")
+    ap.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+                    help="lab's training.cuda_graphs (auto, as lab run: on for models under 50M parameters)")
     ap.add_argument("--budget-s", type=float, default=0, help="skip the cases left once this much time has passed")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -252,7 +253,8 @@ def main(argv=None) -> int:
                 continue
             print(f"{label:>16} {name:>8} {batch:>5} {r['params'] / 1e6:>6.0f}M {r['step_ms']:>8.1f} "
                   f"{r['tokens_per_s']:>9,.0f} {r['mfu']:>6.1%} {r['peak_gib']:>8.1f} {r['compile_s']:>9.1f} "
-                  f"{r['first_step_s']:>10.1f}  {r.get('plan', '')}", flush=True)
+                  f"{r['first_step_s']:>10.1f}  loss {r['loss_first']:.3f}->{r['loss_last']:.3f}  {r.get('plan', '')}",
+                  flush=True)
         if all(n in got and "error" not in got[n] for n in ("lab", "baseline")):
             a, b = got["lab"], got["baseline"]
             print(f"{label:>16} {'ratio':>8}  lab/baseline: tok/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}x, "

@@ -65,6 +65,18 @@ def _exists(pid: int) -> bool:
         return True
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: from /proc; elsewhere None)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": field 3 onwards
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start, in ticks since boot
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def identity() -> dict:
     """This process: {"pid", "host", "pid_start"} (the keys status.json and temp-folder markers record)."""
     pid = os.getpid()

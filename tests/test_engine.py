@@ -145,14 +145,19 @@ def test_resume_stays_bitwise_exact_with_activation_checkpointing(tmp_path, mode
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_plan_cuda_graphs_only_when_asked_and_only_on_cuda():
+def test_plan_cuda_graphs_for_small_single_gpu_models_by_default():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert engine.plan_for(True, cuda, 10_000_000) == engine.CompilePlan(True, False)  # opt-in only
-    assert engine.plan_for(True, cuda, 10_000_000, "auto") == engine.CompilePlan(True, True)
-    assert engine.plan_for(True, cuda, 200_000_000, "auto") == engine.CompilePlan(True, False)
-    assert engine.plan_for(True, cpu, 10_000_000, "on") == engine.CompilePlan(True, False)
+    graphs, plain = engine.CompilePlan(True, True), engine.CompilePlan(True, False)
+    assert engine.plan_for(True, cuda, 10_000_000) == graphs  # auto: launch-bound small model
+    assert engine.plan_for(True, cuda, 200_000_000) == plain  # large: nothing to gain
+    assert engine.plan_for(True, cuda, 200_000_000, "on") == graphs
+    assert engine.plan_for(True, cuda, 10_000_000, "off") == plain
+    assert engine.plan_for(True, cuda, 10_000_000, distributed=True) == plain  # collectives between regions
+    assert engine.plan_for(True, cuda, 10_000_000, "on", distributed=True) == plain
+    assert engine.plan_for(True, cuda, 10_000_000, checkpointing="full") == plain
+    assert engine.plan_for(True, cpu, 10_000_000, "on") == plain
     assert engine.plan_for(False, cuda, 10_000_000, "on") == engine.CompilePlan(False)
-    assert engine.CompilePlan(True, True).mode == "reduce-overhead"
+    assert graphs.mode == "reduce-overhead" and plain.mode is None
 
 
 def test_compile_cache_goes_under_the_lab_cache_unless_torch_is_told_otherwise(monkeypatch, tmp_path):

@@ -59,38 +59,41 @@ class Workload:
         engine.step_begin(self.plan)
         self._loss().backward()
 
-    def step(self) -> None:
-        """A full training step, exactly as lm.train.trainer runs it."""
+    def step(self) -> torch.Tensor:
+        """A full training step, exactly as lm.train.trainer runs it; returns the loss (on the device)."""
         self.optimizer.zero_grad(set_to_none=True)
+        total = None
         for _ in range(self.grad_accum):
             engine.step_begin(self.plan)
-            (self._loss() / self.grad_accum).backward()
+            loss = self._loss() / self.grad_accum
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
         if self.grad_clip > 0:
             clip_grad_norm(self.params, self.grad_clip)
         self.optimizer.step()
+        return total
 
 
 def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dtype: str = "fp32",
                    device: torch.device | str = "cpu", compile: bool = False, checkpointing: bool | str = False,
                    grad_clip: float = 1.0, grad_accum: int = 1, tf32: bool = True, seed: int = 0,
-                   meta_init: bool = False, cuda_graphs: str = "off") -> Workload:
+                   meta_init: bool = False, cuda_graphs: str = "auto") -> Workload:
     """Build the model on ``device`` with the trainer's optimizer and a random batch.
 
     ``tf32``: let fp32 matmuls use TF32 on CUDA (the trainer does). ``meta_init``
-    skips the truncated-normal init (slow for billions of parameters on one CPU
-    thread) by building on the meta device and filling the weights on the target
-    with small random values: timings and memory do not depend on the values.
+    builds on the meta device and runs ``init_weights()`` on the target device
+    (the CPU draws billions of truncated normals slowly, on one thread).
     """
     device = torch.device(device)
     configure_backends(device, None, tf32=tf32)
     torch.manual_seed(seed)
     if meta_init:
+        # The trainer's initial values, drawn on the target device (fast for billions of parameters),
+        # not N(0, 0.02) everywhere: RMSNorm gains near zero starve every gradient, and then a
+        # benchmark's loss cannot show whether gradients flow.
         model = TransformerLM(cfg, device="meta")
         model = model.to_empty(device=device)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0.0, 0.02)
-        _reset_rope(model, cfg, device)
+        model.init_weights()
     else:
         model = TransformerLM(cfg, device=device)
     model.train()
@@ -102,19 +105,9 @@ def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dt
     tokens = torch.randint(0, cfg.vocab_size, (batch_size, context_length), generator=gen).to(device)
     targets = torch.randint(0, cfg.vocab_size, (batch_size, context_length), generator=gen).to(device)
     ckpt = {True: "full", False: "none"}.get(checkpointing, checkpointing)
-    plan = engine.plan_for(compile, device, sum(p.numel() for p in model.parameters()), cuda_graphs)
+    plan = engine.plan_for(compile, device, sum(p.numel() for p in model.parameters()), cuda_graphs,
+                           checkpointing=ckpt)
     if plan.compile:
         engine.use_compile_cache()
     engine.prepare(model, plan, ckpt)
     return Workload(model, model, optimizer, tokens, targets, device, dtype, grad_clip, grad_accum, plan)
-
-
-def _reset_rope(model: TransformerLM, cfg: ModelConfig, device: torch.device) -> None:
-    """Recompute RoPE tables after ``to_empty`` (they are derived buffers, not loaded state)."""
-    from lm.model import RotaryPositionalEmbedding
-
-    for module in model.modules():
-        if isinstance(module, RotaryPositionalEmbedding):
-            fresh = RotaryPositionalEmbedding(cfg.rope_theta, cfg.d_head, cfg.context_length, device=device)
-            module.cos.copy_(fresh.cos)
-            module.sin.copy_(fresh.sin)

@@ -230,6 +230,10 @@ class TrainingConfig:
     """'auto': bf16 autocast where the device supports it (CUDA), fp32 on MPS and CPU."""
     compile: Literal["auto", "on", "off"] = "auto"
     """torch.compile the model (each block once, reused, and the loss): 'auto' is on for CUDA, off for MPS and CPU."""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """Replay the compiled step's kernels as CUDA graphs (torch.compile mode 'reduce-overhead'), so the
+    host does not launch them one by one: 'auto' is on for compiled CUDA models under 50M parameters
+    on one GPU without activation checkpointing (their steps are launch-bound), off otherwise."""
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     """Recompute activations in backward to save memory: 'full' keeps only each block's input (one
     extra forward of the blocks); 'selective' keeps matmul and attention outputs and recomputes the

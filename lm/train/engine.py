@@ -9,8 +9,9 @@ decides how it is run, for the trainer and the benchmarks alike:
   FX graph cache: compile time grows little with depth. The model's
   :meth:`~lm.model.TransformerLM.loss` (final norm + the fused chunked LM head
   and cross-entropy) is a region of its own, so the loss runs compiled too.
-- **CUDA graphs** (Inductor's ``reduce-overhead`` mode), opt-in only (see
-  :func:`plan_for`): small models' steps are bound by the host launching kernels.
+- **CUDA graphs** (Inductor's ``reduce-overhead`` mode, ``training.cuda_graphs``):
+  on by default for CUDA models under 50M parameters, whose steps are bound by
+  the host launching kernels (see :func:`plan_for`).
 - **Activation checkpointing** (``training.activation_checkpointing``):
   ``full`` keeps only each block's input and recomputes the block in backward;
   ``selective`` keeps the outputs of the matmuls and attention (the expensive
@@ -56,21 +57,22 @@ class CompilePlan:
         return "compiled per block" + (", CUDA graphs" if self.cuda_graphs else "")
 
 
-def plan_for(compile: bool, device: torch.device, num_params: int, cuda_graphs: str = "off") -> CompilePlan:
-    """The plan for a policy's ``compile`` switch.
+def plan_for(compile: bool, device: torch.device, num_params: int, cuda_graphs: str = "auto", *,
+             distributed: bool = False, checkpointing: str = "none") -> CompilePlan:
+    """The plan for a policy's ``compile`` switch and ``training.cuda_graphs`` (auto | on | off).
 
-    CUDA graphs are off unless asked for ('on', or 'auto' = small CUDA models only): measured on an
-    H200 (torch 2.11), the graphed regions trained a 10.8M model 1.5x faster than the baseline but
-    with zero gradients, so the trainer does not use them; ``bench/train_mfu.py --cuda-graphs``
-    measures them.
+    'auto' captures CUDA graphs for models under :data:`CUDA_GRAPH_MAX_PARAMS` on one GPU without
+    activation checkpointing: there the step is launch-bound (measured on an H200, torch 2.11: a
+    10.8M model's step 1.4x faster), and bench/engine_check.py found the graphed step's gradients
+    equal to the eager step's. Larger models gain nothing and would hold the graphs' memory pools.
+    'on' asks for them at any size (still one process only: DDP/FSDP2 communicate between the
+    captured regions).
     """
-    if not compile:
-        return CompilePlan(False)
+    if not compile or device.type != "cuda" or distributed or cuda_graphs == "off":
+        return CompilePlan(compile)
     if cuda_graphs == "auto":
-        graphs = device.type == "cuda" and num_params < CUDA_GRAPH_MAX_PARAMS
-    else:
-        graphs = cuda_graphs == "on" and device.type == "cuda"
-    return CompilePlan(True, graphs)
+        return CompilePlan(True, num_params < CUDA_GRAPH_MAX_PARAMS and checkpointing == "none")
+    return CompilePlan(True, cuda_graphs == "on")
 
 
 def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> str:

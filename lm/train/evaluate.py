@@ -14,6 +14,7 @@ windows estimate well.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -56,8 +57,14 @@ def to_device_batches(batches, device: torch.device) -> list[tuple[torch.Tensor,
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], policy: DevicePolicy,
-             *, token_bytes: torch.Tensor | None = None, bytes_per_token: float | None = None) -> EvalResult:
+             *, token_bytes: torch.Tensor | None = None, bytes_per_token: float | None = None,
+             eager: bool = False) -> EvalResult:
     """Mean next-token loss over ``batches``; one host sync at the end.
+
+    ``eager`` runs compiled regions uncompiled (``torch.compiler.set_stance("force_eager")``): for
+    the small CUDA-graphed models, whose evaluation otherwise compiles an eval-mode graph and
+    records CUDA graphs for it twice (measured: 4 s of a 20 s TinyShakespeare run on an H200),
+    more than its few batches take eagerly.
 
     ``token_bytes`` (a (vocab,) tensor on the device) gives exact bits per
     byte; otherwise ``bytes_per_token`` (the validation set's ratio) is used.
@@ -68,16 +75,18 @@ def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
     loss_sum = torch.zeros((), dtype=torch.float64, device=device if device.type != "mps" else "cpu")
     byte_sum = torch.zeros((), dtype=torch.int64, device=device)
     n_tokens = 0
+    stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
     try:
-        for x, y in batches:
-            with policy.autocast():
-                # The fused LM head + loss of training: the logits of the whole batch are never made.
-                loss = model(x, targets=y)
-            # MPS has no float64: accumulate there in fp32 per batch, in fp64 on the host.
-            loss_sum += (loss.double() if device.type != "mps" else loss.cpu().double()) * y.numel()
-            n_tokens += y.numel()
-            if token_bytes is not None:
-                byte_sum += token_bytes[y].sum()
+        with stance:
+            for x, y in batches:
+                with policy.autocast():
+                    # The fused LM head + loss of training: the logits of the whole batch are never made.
+                    loss = model(x, targets=y)
+                # MPS has no float64: accumulate there in fp32 per batch, in fp64 on the host.
+                loss_sum += (loss.double() if device.type != "mps" else loss.cpu().double()) * y.numel()
+                n_tokens += y.numel()
+                if token_bytes is not None:
+                    byte_sum += token_bytes[y].sum()
     finally:
         model.train(was_training)
     if n_tokens == 0:

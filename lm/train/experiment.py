@@ -132,7 +132,9 @@ def _run(cfg: ExperimentConfig, policy, env, run_dir, checkpoint, progress: Prog
                 stop.on_signal = _raise_stop  # data preparation cannot pause at a step: leave at once
                 if not env.is_main:
                     env.barrier()  # rank 0 prepares (tokenizer, token files); the others then read its cache
+                t_data = time.perf_counter()
                 data = _prepare(cfg, run_path, progress)
+                data_s = time.perf_counter() - t_data
                 if env.is_main:
                     env.barrier()
         except (_StopDuringPreparation, KeyboardInterrupt):
@@ -151,6 +153,7 @@ def _run(cfg: ExperimentConfig, policy, env, run_dir, checkpoint, progress: Prog
                               val_bytes=data.val_bytes, tokenizer=data.tokenizer, policy=policy,
                               progress=progress, recorder=recorder, stop=stop, dist=env)
             trainer.warnings += [warmup_note] if warmup_note else []
+            trainer.startup["data_s"] = round(data_s, 3)
             try:
                 try:
                     trainer.setup(resume_from)

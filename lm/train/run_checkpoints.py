@@ -227,3 +227,81 @@ def _replace_with_link(src: Path, dst: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# ----------------------------------------------------------------------------- writing in the background
+
+BACKGROUND_MAX_BYTES = 2 * 2**30
+"""Checkpoints up to this size are written in the background (their CPU copy costs host memory)."""
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of all tensors in a nested checkpoint dict."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def cpu_snapshot(obj):
+    """A copy of a nested checkpoint dict that training cannot change: tensors copied to the CPU,
+    numpy arrays copied, containers rebuilt, everything else (numbers, strings) shared."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, dict):
+        return {k: cpu_snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [cpu_snapshot(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(cpu_snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWrite:
+    """At most one checkpoint write in flight on a worker thread, so training does not wait for the disk.
+
+    :meth:`submit` first settles the write before it (a second never overlaps the first), then
+    starts ``write()`` on a thread. :meth:`settle` waits for it and returns ``(result, tag)`` of
+    the finished write (None if there was none) or re-raises its exception on the calling thread;
+    :meth:`done` says whether :meth:`settle` would not block. The files stay atomic (each write is
+    :meth:`CheckpointDir.save`), so a crash during a background write leaves the previous checkpoint.
+    """
+
+    def __init__(self):
+        import threading
+
+        self._threading = threading
+        self._thread = None
+        self._outcome = None
+
+    def submit(self, write, tag=None):
+        finished = self.settle()
+
+        def work():
+            try:
+                self._outcome = ("ok", write(), tag)
+            except BaseException as e:  # handed to the training thread by settle()
+                self._outcome = ("error", e, tag)
+
+        self._thread = self._threading.Thread(target=work, name="lab-checkpoint-write")
+        self._thread.start()
+        return finished
+
+    def done(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    def settle(self):
+        if self._thread is None:
+            return None
+        self._thread.join()
+        self._thread = None
+        kind, value, tag = self._outcome
+        self._outcome = None
+        if kind == "error":
+            raise value
+        return value, tag

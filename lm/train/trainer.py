@@ -45,8 +45,11 @@ from lm.errors import CheckpointError, DataError, LabError
 from lm.model import TransformerLM, check_state_dict
 from lm.optim import clip_grad_norm
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
+from lm.processes import process_age
 from lm.train import engine
-from lm.train.run_checkpoints import CHECKPOINT_FORMAT, CheckpointDir, capture_rng, load_training_checkpoint, restore_rng
+from lm.train.run_checkpoints import (BACKGROUND_MAX_BYTES, CHECKPOINT_FORMAT, BackgroundWrite, CheckpointDir,
+                                      capture_rng, cpu_snapshot, load_training_checkpoint, restore_rng,
+                                      tensor_bytes)
 from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
 from lm.train.memory_check import is_out_of_memory, oom_error
 from lm.train.optimization import build_optimizer, grad_norm, set_lr
@@ -128,6 +131,9 @@ class Trainer:
         self._ready = False
         self._resumed_from: Path | None = None
         self._exact_resume = False
+        self.startup: dict[str, float] = {}
+        """Seconds each start-up phase took (data, setup), and the process's age at the start event."""
+        self._writes = BackgroundWrite()
         self.warnings: list[str] = []
         """One-line warnings about the config as run (a shortened warmup), put into the start event."""
 
@@ -140,6 +146,7 @@ class Trainer:
         written for a different model, DataError for too little data.
         """
         cfg = self.cfg
+        t_setup = time.perf_counter()
         self.policy = policy = self.policy or resolve_policy(cfg.training)
         configure_backends(policy, cfg.training.threads)
         T = cfg.model.context_length
@@ -154,7 +161,8 @@ class Trainer:
         # Initialized on the CPU so a seed gives the same weights on every device.
         self.model = TransformerLM(cfg.model).to(policy.device)
         tr = cfg.training
-        self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params())
+        self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params(), tr.cuda_graphs,
+                                    distributed=self.dist.distributed, checkpointing=tr.activation_checkpointing)
         if self.plan.compile:
             engine.use_compile_cache(cfg.data.cache_dir)
         engine.prepare(self.model, self.plan, tr.activation_checkpointing)
@@ -186,6 +194,7 @@ class Trainer:
         if rng_state is not None:
             missing = restore_rng(rng_state, policy.device)  # last: nothing above may draw after it
             self._exact_resume = self._exact_resume and not missing
+        self.startup["setup_s"] = round(time.perf_counter() - t_setup, 3)
         self._ready = True
 
     def _inject_here(self) -> bool:
@@ -296,6 +305,10 @@ class Trainer:
             self._record_failure(f"{type(e).__name__}: {e}", 1)
             return 1
         finally:
+            try:  # a checkpoint still being written finishes (and is recorded) before the run ends
+                self._settle_saves()
+            except Exception as e:  # the run's own outcome is already recorded; say what the write hit
+                print(f"lab: the last background checkpoint write failed: {e}", file=sys.stderr)
             if own_recorder:
                 rec.close()
 
@@ -340,11 +353,16 @@ class Trainer:
             rec.drop_metrics_after(0)  # a directory reused after an attempt that never checkpointed
             rec.update_status(state="running", step=0, tokens=0, total_steps=total, message="",
                               best_val_loss=None, best_val_bpb=None, last_val_loss=None)
+            age = process_age()
+            if age is not None:
+                self.startup["process_s"] = round(age, 3)
+            ready = f"; ready {age:.1f} s after the process started" if age is not None else ""
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
                       f"{self.policy.device_name} ({self.policy.dtype}, {self.plan.describe()})"
-                      + self._world_note() + "".join(f"; {w}" for w in self.warnings),
+                      + self._world_note() + "".join(f"; {w}" for w in self.warnings) + ready,
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
-                      params=self.model.num_params(), warnings=list(self.warnings), **self._world_fields(True))
+                      params=self.model.num_params(), warnings=list(self.warnings), startup=dict(self.startup),
+                      **self._world_fields(True))
         if self.par is not None:
             rec.update_status(**self._world_fields())
         if st.step >= total:
@@ -391,7 +409,10 @@ class Trainer:
                 if self._inject_nan_at == step and self._inject_here():
                     loss = loss * float("nan")
                 (loss / accum).backward()
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            if loss_sum is None:  # a CUDA graph's output is overwritten by its next replay: keep a copy
+                loss_sum = loss.detach().clone() if self.plan.cuda_graphs and accum > 1 else loss.detach()
+            else:
+                loss_sum = loss_sum + loss.detach()
         clip = cfg.optimizer.grad_clip
         if par is not None:  # the global norm (sharded gradients under FSDP2); the loss averaged over ranks
             norm = par.clip_grad_norm(self.params, clip) if clip > 0 else par.grad_norm(self.params)
@@ -453,7 +474,10 @@ class Trainer:
         if do_eval or (time_up and not last):
             improved = self._evaluate()
         if do_ckpt or improved or stopping or time_up:
-            self._save(step_file=do_ckpt, best=improved)
+            # Mid-run saves go to the background; the last one (end, stop, time up) is written before exiting.
+            self._save(step_file=do_ckpt, best=improved, background=not (last or stopping or time_up))
+        else:
+            self._settle_saves(wait=False)
         if do_log:
             self._win_t0, self._win_paused = time.perf_counter(), 0.0
         else:
@@ -499,7 +523,7 @@ class Trainer:
         """Evaluate, record it, and say whether it is the best validation loss so far."""
         st = self.state
         res = evaluate(self.model, self.eval_batches, self.policy, token_bytes=self.token_bytes,
-                       bytes_per_token=self.bytes_per_token)
+                       bytes_per_token=self.bytes_per_token, eager=self.plan.cuda_graphs)
         if self.par is not None:  # each rank evaluated its slice of every batch: combine the sums
             from lm.distributed.data import combine_eval
 
@@ -528,20 +552,42 @@ class Trainer:
                 "rng": capture_rng(self.policy.device), "trainer": self.state.to_dict(),
                 "tokenizer_fingerprint": self.tokenizer.fingerprint() if self.tokenizer is not None else None}
 
-    def _save(self, *, step_file: bool, best: bool) -> None:
+    def _save(self, *, step_file: bool, best: bool, background: bool = False) -> None:
+        """Write a checkpoint; ``background``: copy the state to the CPU and write it on a thread (one
+        process, checkpoints up to BACKGROUND_MAX_BYTES), so fast runs do not wait for the disk. Its
+        event is recorded once the file is in place (:meth:`_settle_saves`)."""
         if self.par is not None:
             from lm.distributed.dcp import save_distributed
 
             paths = save_distributed(self, step_file=step_file, best=best)
             if not self.dist.is_main:
                 return
-        else:
-            paths = self.checkpoints.save(self.checkpoint_dict(), self.state.step, keep_step_file=step_file,
-                                          best=best)
+            return self._checkpoint_event(paths, self.state.step, self._now(), best)
+        self._settle_saves()
+        obj, step, now = self.checkpoint_dict(), self.state.step, self._now()
+        if background and tensor_bytes(obj) <= BACKGROUND_MAX_BYTES:
+            snapshot = cpu_snapshot(obj)
+            self._writes.submit(lambda: self.checkpoints.save(snapshot, step, keep_step_file=step_file, best=best),
+                                (step, now, best))
+            return
+        self._checkpoint_event(self.checkpoints.save(obj, step, keep_step_file=step_file, best=best), step, now, best)
+
+    def _settle_saves(self, wait: bool = True) -> None:
+        """Record the background write that finished (waiting for it unless ``wait`` is False); its
+        failure (a full disk: CheckpointError) is raised here, on the training thread."""
+        if not wait and not self._writes.done():
+            return
+        finished = self._writes.settle()
+        if finished is not None:
+            paths, (step, now, best) = finished
+            self._checkpoint_event(paths, step, now, best)
+
+    def _checkpoint_event(self, paths: list[Path], step: int, now: float, best: bool) -> None:
         rel = _rel(paths[0], self.run_dir)
-        self.recorder.event("checkpoint", self.state.step, self._now(), rel, path=rel, best=best)
+        self.recorder.event("checkpoint", step, now, rel, path=rel, best=best)
 
     def _halt(self, stats: WindowStats, i: int) -> int:
+        self._settle_saves()  # the last good checkpoint may still be on its way to the disk
         step, loss, gn, lr = stats.steps[i], stats.losses[i], stats.grad_norms[i], stats.lrs[i]
         what = "loss" if not math.isfinite(loss) else "gradient norm"
         worst = self._worst_gradient()
