@@ -115,6 +115,24 @@ def test_asking_for_more_gpus_than_the_machine_has_names_both_numbers(monkeypatc
     check_gpu_count(3, "cpu")  # CPU processes (gloo) need no GPU
 
 
+def test_a_world_of_one_under_torchrun_gets_an_indexed_gpu(monkeypatch):
+    # --gpus 1 --set training.parallel="ddp": the device is picked before the process group exists,
+    # and NCCL refuses a bare "cuda" (seen on an H200: "Expected a torch.device with a specified index").
+    from lm.distributed.env import DistEnv
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    env = DistEnv.from_environment()
+    assert not env.distributed
+    assert env.rank_device(torch.device("cuda")) == torch.device("cuda", 0)
+    assert env.rank_device(torch.device("cpu")) == torch.device("cpu")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    assert DistEnv.from_environment().rank_device(torch.device("cuda")) == torch.device("cuda")  # a plain run
+
+
 def test_lab_run_refuses_gpus_and_batch_mismatches_before_starting_anything(tmp_path, capsys):
     from lab.cli import main
 

@@ -63,8 +63,11 @@ class DistEnv:
                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
 
     def rank_device(self, device: torch.device) -> torch.device:
-        """This rank's device: ``cuda:LOCAL_RANK`` for a CUDA run (one GPU per process), else ``device``."""
-        if device.type != "cuda" or not self.distributed:
+        """This rank's device: ``cuda:LOCAL_RANK`` for a CUDA run (one GPU per process), else ``device``.
+
+        Called before the process group exists (a world of one under torchrun that asked for DDP or
+        FSDP2 by name too: NCCL needs an indexed device)."""
+        if device.type != "cuda" or not (self.distributed or launched_by_torchrun()):
             return device
         count = torch.cuda.device_count()
         if self.local_rank >= count:
