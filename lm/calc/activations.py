@@ -75,7 +75,7 @@ def sdpa_path(cfg: ModelConfig, device_kind: str, training: bool = True) -> str:
 
 def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = False, device_kind: str = "cuda",
                       training: bool = True, checkpointing: bool = False, fused_loss: bool = True,
-                      compiled_loss: bool = False) -> Activations:
+                      compiled_loss: bool = False, compiled_blocks: bool = False) -> Activations:
     """Bytes autograd saves for a training forward over ``batch`` x ``T`` tokens.
 
     ``autocast``: bf16 autocast. ``device_kind``: 'cuda', 'mps' or 'cpu'; it decides
@@ -86,7 +86,13 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
     ``fused_loss``: the fused chunked LM head + loss (else full logits and F.cross_entropy).
     ``compiled_loss``: lab's loss inside a compiled region (LM head + F.cross_entropy fused by
     Inductor: the matmul-dtype logits and the log-sum-exp are kept, no fp32 copy).
+    ``compiled_blocks``: each block compiled by Inductor (lab's engine on CUDA), whose partitioner
+    saves the inputs of the cheap pointwise ops and recomputes the rest in backward (the norms'
+    outputs, SiLU and the gated product, autocast's bf16 copies of weights and activations).
     """
+    if compiled_blocks and not checkpointing:
+        return _compiled_block_activations(cfg, batch, T, autocast=autocast, training=training,
+                                           compiled_loss=compiled_loss)
     d, V, H, f = cfg.d_model, cfg.vocab_size, cfg.num_heads, cfg.ffn_dim
     N = batch * T
     a = 2 if autocast else 4
@@ -177,3 +183,43 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
                        checkpointed=checkpointing, checkpoint_layer=N * d * 4,
                        detail={"weight_copies_per_layer": 2.0 * weights_per_layer if autocast else 0.0,
                                "lm_head_copy": head_copy})
+
+
+def _compiled_block_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool, training: bool,
+                                compiled_loss: bool) -> Activations:
+    """What a compiled block keeps (fitted to H200 peak memory at small..2.7B, torch 2.11; see
+    docs/performance.md): the fp32 residual inputs of both norms and their rms, the fused QKV output
+    (v is a view of it), RoPE'd q and k, the attention output and log-sum-exp, the FFN's matmul outputs."""
+    d, V, H, f = cfg.d_model, cfg.vocab_size, cfg.num_heads, cfg.ffn_dim
+    N = batch * T
+    a = 2 if autocast else 4
+    layer: dict[str, float] = {}
+    if cfg.norm != "none":
+        layer["norms.input"] = 2 * N * d * 4
+        layer["norms.rms"] = 2 * N * 4
+    layer["qkv.output"] = 3 * N * d * a
+    if cfg.position == "rope":
+        layer["attn.q_k_rotated"] = 2 * N * d * a
+    layer["attn.out"] = N * d * a
+    layer["attn.logsumexp"] = batch * H * T * 4
+    layer["ffn.matmul_outputs"] = (2 if cfg.ffn == "swiglu" else 1) * N * f * a
+    if training and cfg.resid_dropout > 0:
+        layer["residual.dropout_masks"] = 2 * N * d
+    if training and cfg.attn_dropout > 0:
+        layer["attn.dropout_state"] = batch * H * T * 4
+    head: dict[str, float] = {"embedding.indices": N * 8}
+    if cfg.norm != "none":
+        head["ln_final.input"] = N * d * 4
+        head["ln_final.rms"] = N * 4
+    if compiled_loss:
+        loss = {"logits": N * V * a, "logsumexp": N * 4}
+    else:
+        loss = {"grad_input": N * d * 4, "grad_lm_head": V * d * 4}
+    # The bf16 copies of the weights that the backward's matmuls read are saved, as in eager autocast.
+    weights_per_layer = 4 * d * d + (3 if cfg.ffn == "swiglu" else 2) * d * f
+    per_layer_copy = 2.0 * weights_per_layer if autocast else 0.0
+    head_copy = 2.0 * V * d if autocast and compiled_loss else 0.0
+    return Activations(layer=layer, num_layers=cfg.num_layers, head=head, loss=loss,
+                       weight_copies=cfg.num_layers * per_layer_copy + head_copy, checkpointed=False,
+                       checkpoint_layer=N * d * 4,
+                       detail={"weight_copies_per_layer": per_layer_copy, "lm_head_copy": head_copy})

@@ -132,7 +132,8 @@ def _memory(model: ModelConfig, device: DeviceProfile, s: Settings, params: Para
             ) -> tuple[Activations, MemoryEstimate]:
     act = saved_activations(model, s.batch_size, s.context_length, autocast=s.dtype == "bf16",
                             device_kind=device.kind, checkpointing=s.activation_checkpointing,
-                            fused_loss=s.engine == "fused", compiled_loss=s.engine == "fused" and s.compile)
+                            fused_loss=s.engine == "fused", compiled_loss=s.engine == "fused" and s.compile,
+                            compiled_blocks=s.engine == "fused" and s.compile and device.kind == "cuda")
     naive = model.attention == "naive" or sdpa_path(model, device.kind) != "fused"
     mem = estimate_memory(model, s, params, act, capacity=device.usable_bytes, overhead=device.overhead_bytes,
                           fragmentation=device.fragmentation.value, naive_attention=naive,

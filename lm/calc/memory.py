@@ -93,9 +93,10 @@ def block_backward_extra(cfg: ModelConfig, act: Activations, batch: int, T: int,
     x = 4 if (not autocast or device_kind != "cpu") else 2
     ffn = N * d * 4 + 4 * d * f + 2 * N * f * a
     layer = act.layer
-    ffn_saved = layer["ffn.hidden"] + layer["ffn.input"]
+    # (ffn.matmul_outputs: what a compiled block keeps instead of ffn.hidden and ffn.input)
+    ffn_saved = layer.get("ffn.hidden", 0) + layer.get("ffn.input", 0) + layer.get("ffn.matmul_outputs", 0)
     if cfg.norm != "none":
-        ffn_saved += layer["norms.input"] / 2 + layer["norms.normalized"] / 2 + layer["norms.rms"] / 2
+        ffn_saved += sum(layer.get(f"norms.{k}", 0) for k in ("input", "normalized", "rms")) / 2
     ffn_grads = 4 * ((3 if cfg.ffn == "swiglu" else 2) * d * f + (d if cfg.norm != "none" else 0) + d * d)
     freed = ffn_saved + layer.get("out_proj.input", 0)
     if naive:
