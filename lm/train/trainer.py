@@ -356,10 +356,9 @@ class Trainer:
             age = process_age()
             if age is not None:
                 self.startup["process_s"] = round(age, 3)
-            ready = f"; ready {age:.1f} s after the process started" if age is not None else ""
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
                       f"{self.policy.device_name} ({self.policy.dtype}, {self.plan.describe()})"
-                      + self._world_note() + "".join(f"; {w}" for w in self.warnings) + ready,
+                      + self._world_note() + "".join(f"; {w}" for w in self.warnings),
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
                       params=self.model.num_params(), warnings=list(self.warnings), startup=dict(self.startup),
                       **self._world_fields(True))
