@@ -283,6 +283,19 @@ def test_fsdp2_matches_one_process_and_its_dcp_checkpoint_consolidates_to_the_sa
     assert max(abs(l1[s] - lc[s]) for s in range(11, STEPS + 1)) <= 1e-5
 
 
+@pytest.mark.slow
+def test_activation_checkpointing_under_ddp_and_fsdp2_changes_no_number(runs, tmp_path):
+    # Checkpointing recomputes the blocks in backward: the same arithmetic, so the same losses and
+    # weights as the one-process run without it (DDP with full, FSDP2 with selective recompute).
+    for mode, ckpt in (("ddp", "full"), ("fsdp", "selective")):
+        run = tmp_path / f"{mode}-{ckpt}"
+        res = launch(runs.exp, run, 2, "--set", f'training.parallel="{mode}"',
+                     "--set", f'training.activation_checkpointing="{ckpt}"')
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert RunDir(run).raw_status()["parallel"] == mode
+        assert_close_runs(runs.one, run)
+
+
 def _copy_run_at(src: Path, dst: Path, step: int) -> None:
     """A copy of run ``src`` as it was after the checkpoint of ``step`` (latest.pt = step_<step>.pt)."""
     shutil.copytree(src, dst)
