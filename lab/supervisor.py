@@ -133,6 +133,11 @@ class Supervisor:
         args = ["sweep", str(sweep_file), "--runs-dir", str(self.runs_dir), "--workers", str(workers)]
         return self._spawn(args, self.runs_dir / QUEUE_LOG, "sweep", None)
 
+    def start_study(self, study_file: str | os.PathLike, workers: int = 1) -> Started:
+        """Start ``lab scale FILE`` detached: its runs become queue entries, fitted when they finish."""
+        args = ["scale", str(study_file), "--runs-dir", str(self.runs_dir), "--workers", str(workers)]
+        return self._spawn(args, self.runs_dir / QUEUE_LOG, "scale", None)
+
     def stop_queue_runners(self) -> int:
         """Ask every live queue runner to checkpoint its runs and exit; returns how many."""
         from lab.queue.store import QueueStore

@@ -82,3 +82,31 @@ def test_add_reorder_remove_and_run_the_queue_then_compare(tmp_path, monkeypatch
             for started in app.supervisor.started:  # leave no runner behind
                 started.proc.wait(timeout=60)
     asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_adding_a_scaling_study_file_starts_the_study_and_its_runs_are_queue_entries(tmp_path):
+    import json
+
+    from test_scale import _write_study
+
+    study = _write_study(tmp_path, 'rule = "fixed"\ntokens = 10240')  # 3 tiny sizes, 40 CPU steps each
+    runs = tmp_path / "runs"
+    app = LabApp(runs, cwd=tmp_path, poll_interval=0.3, initial_tab="queue")
+    result = runs / "scaling" / "study" / "scaling.json"
+
+    async def main():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: app.focused.id == "queue-table", what="the queue tab")
+            app.query_one("#queue-pane").add("study.toml")
+            await wait_for(pilot, lambda: any("scaling study study.toml started" in str(n.message)
+                                              for n in app._notifications), what="the start notice")
+            assert [s.kind for s in app.supervisor.started] == ["scale"]
+            await wait_for(pilot, lambda: len(app.query_one("#queue-pane").entries) == 3, timeout=60,
+                           what="the study's three runs listed as queue entries")
+            await wait_for(pilot, result.is_file, timeout=240, what="the study to finish and be fitted")
+            for started in app.supervisor.started:
+                started.proc.wait(timeout=60)
+    asyncio.run(main())
+    points = json.loads(result.read_text())["points"]
+    assert [p["status"] for p in points] == ["done"] * 3

@@ -24,6 +24,15 @@ COMPARE_METRICS = (("val_loss", "val loss"), ("loss", "train loss"), ("lr", "lea
 WHY_STATUSES = ("failed", "diverged", "stopped")
 
 
+def is_study_file(path: Path) -> bool:
+    """Whether a TOML file is a scaling study (``lab scale``: a ``base`` experiment, ``sizes`` and a ``budget``)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return "base" in data and "sizes" in data and "budget" in data
+
+
 def is_sweep_file(path: Path) -> bool:
     """Whether a TOML file is a sweep (a ``base`` experiment plus ``params``/``search``)."""
     try:

@@ -27,7 +27,7 @@ from lab.tui.messages import QueueRead, notify
 from lab.tui.tabs.monitor import state_text
 from lab.tui.widgets.chart import Chart
 from lab.views.formats import format_number
-from lab.views.queue import COMPARE_METRICS, Comparison, QueueReader, QueueSnapshot, is_sweep_file
+from lab.views.queue import COMPARE_METRICS, Comparison, QueueReader, QueueSnapshot, is_study_file, is_sweep_file
 from lm.errors import LabError
 
 class QueuePane(LabPane):
@@ -37,7 +37,7 @@ class QueuePane(LabPane):
 
     BINDINGS = [
         Binding("a", "focus_add", "Add",
-                tooltip="add an experiment file (+ key=value overrides), or start a sweep file"),
+                tooltip="add an experiment file (+ key=value overrides), or start a sweep or scaling-study file"),
         Binding("shift+up", "move('up')", "Move up", tooltip="move the selected entry up the queue"),
         Binding("shift+down", "move('down')", "Move down", tooltip="move the selected entry down the queue"),
         Binding("delete,x", "remove", "Remove", tooltip="remove the selected entry (not a running one)"),
@@ -74,7 +74,7 @@ class QueuePane(LabPane):
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="queue-add"):
-            yield Input(placeholder="experiment or sweep file (a: add)", id="queue-experiment", compact=True)
+            yield Input(placeholder="experiment, sweep or study file (a: add)", id="queue-experiment", compact=True)
             yield Input(placeholder="overrides: key=value ...", id="queue-overrides", compact=True)
         yield Static("", id="queue-runner")
         with VerticalScroll(id="queue-body"):
@@ -252,7 +252,7 @@ class QueuePane(LabPane):
                  self.query_one("#queue-overrides", Input).value)
 
     def add(self, experiment: str, overrides: str = "") -> None:
-        """Queue ``experiment`` with space-separated ``key=value`` overrides (or start a sweep file)."""
+        """Queue ``experiment`` with space-separated ``key=value`` overrides (or start a sweep or study file)."""
         experiment = experiment.strip()
         if not experiment:
             notify(self, "type an experiment file first", severity="warning")
@@ -267,6 +267,10 @@ class QueuePane(LabPane):
         if path.is_file() and is_sweep_file(path):
             self._do(lambda: self.supervisor.start_sweep(path), f"sweep {path.name} started: its trials are "
                                                                   "queue entries")
+            return
+        if path.is_file() and is_study_file(path):
+            self._do(lambda: self.supervisor.start_study(path), f"scaling study {path.name} started: its runs "
+                                                                  "are queue entries, fitted as they finish")
             return
 
         def add():
