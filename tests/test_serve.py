@@ -43,6 +43,7 @@ class Served:
             self.proc.kill()
             raise AssertionError(f"lab serve did not start: {line!r} {self.log.read_text()}")
         self.url = line.split()[-1]
+        self.run = run
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
     def client(self, key: str = "none"):
@@ -263,6 +264,20 @@ def test_overload_answers_429_and_a_disconnect_frees_the_slot(slow):
     assert h["steps"] < 900, f"the disconnected request ran on ({h['steps']} steps, {waited:.1f}s)"
 
 
+def test_the_server_leaves_its_status_in_the_run_folder_for_the_console(served):
+    from lab.views.serving import read_serving
+
+    served.client().completions.create(model=MODEL, prompt="ab", max_tokens=8, temperature=0)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        live = read_serving(served.run)
+        if live and live[0].tokens >= 8 and live[0].requests >= 1:
+            break
+        time.sleep(0.2)
+    [s] = live
+    assert s.url == served.url and s.slots == 4 and s.state == "serving" and s.tokens >= 8
+
+
 def test_sigterm_lets_requests_in_flight_finish_then_exits(slow):
     body = {"model": MODEL, "prompt": "a", "max_tokens": 200, "temperature": 0.8, "seed": 3, "stream": True}
     with slow.http.stream("POST", "/v1/completions", json=body) as resp:
@@ -277,3 +292,6 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits(slow):
     assert slow.proc.wait(60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(slow.url + "/health", timeout=5)
+    from lab.views.serving import read_serving
+
+    assert read_serving(slow.run) == [] and read_serving(slow.run, live_only=False)[0].state == "stopped"

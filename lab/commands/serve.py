@@ -117,10 +117,15 @@ def run(args) -> int:
     # it started: make that one a no-op so the drained server exits 0 after closing the engine.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    from lab.serve.status import StatusWriter
+
+    status = StatusWriter(args.run_dir, server, f"http://{shown}:{port}")
+    status.start()  # the console's monitor lists the server from this file
     print(f"serving on http://{shown}:{port}", flush=True)
     try:
         userver.run(sockets=[sock])
     finally:
         server.stop()
+        status.stop()
     print("lab serve: stopped", file=sys.stderr, flush=True)
     return 0

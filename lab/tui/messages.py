@@ -35,6 +35,15 @@ class FrameReady(Message):
         """None when nothing changed (or the poll failed): the monitor keeps what it shows."""
 
 
+class ServingRead(Message):
+    """The `lab serve` processes serving the selected run (lab.views.serving.Serving records)."""
+
+    def __init__(self, path, servers: list) -> None:
+        super().__init__()
+        self.path = path
+        self.servers = servers
+
+
 class CalcDone(Message):
     """Calculator results: one estimate (or an error line) per device."""
 

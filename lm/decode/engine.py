@@ -251,6 +251,7 @@ class Engine:
         self._submitted: list[Request] = []
         self._stopping = False
         self.steps = 0  # steps launched, for statistics
+        self.tokens = 0  # tokens decoded (launched) over all requests, for statistics
 
     # -- requests
 
@@ -554,6 +555,7 @@ class Engine:
             self._run_step(mode, max(s.next_pos + min(i, s.stop_at - s.next_pos - 1) for _, s in live))
         for b, s in live:
             s.next_pos += min(n, s.stop_at - s.next_pos)
+        self.tokens += sum(r[3] for r in rows)
         lo, hi = min(r[2] for r in rows), max(r[2] + r[3] for r in rows)
         self._inflight.append(_Chunk(rows, self._fetch(lo, hi)))
         return True

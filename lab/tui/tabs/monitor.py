@@ -20,10 +20,11 @@ from textual.widgets import DataTable, Label, ProgressBar, RichLog, Static
 
 from lab.processes import lower_thread_priority
 from lab.tui.tabs.base import LabPane
-from lab.tui.messages import FrameReady, RunsListed, notify
+from lab.tui.messages import FrameReady, RunsListed, ServingRead, notify
 from lab.tui.widgets.chart import Chart
 from lab.tui.widgets.spark import Spark
 from lab.views.formats import format_duration, format_number, format_value
+from lab.views.serving import read_serving, serving_line
 from lab.views.monitor import SMOOTHING, SPARK_METRICS, ChartOptions, FrameBuilder, MonitorFrame, RunLister, short_name
 from lm.errors import LabError
 
@@ -101,6 +102,7 @@ class MonitorPane(LabPane):
                 yield Static("select a run", id="run-header")
                 yield ProgressBar(total=1, show_eta=False, id="run-progress")
                 yield Static("", id="run-values")
+                yield Static("", id="run-serving")
                 for name, label in SPARK_METRICS:
                     with Horizontal(classes="spark-row"):
                         yield Label(label, classes="spark-label")
@@ -149,6 +151,7 @@ class MonitorPane(LabPane):
             frame = self.builder.build(path, opts, force)
         finally:  # always answered: the UI thread clears its in-flight flag (None: nothing new)
             self.post_message(FrameReady(frame))
+        self.post_message(ServingRead(path, read_serving(path)))  # a few small files: every poll
 
     def _chart_options(self) -> ChartOptions:
         chart = self.query_one("#run-chart", Chart)
@@ -262,6 +265,14 @@ class MonitorPane(LabPane):
             log.clear()
         for ev in frame.new_events:
             log.write(event_line(ev))
+
+    @on(ServingRead)
+    def _apply_serving(self, message: ServingRead) -> None:
+        if self.selected is None or Path(message.path) != self.selected:
+            return
+        widget = self.query_one("#run-serving", Static)
+        widget.update(serving_line(message.servers))
+        widget.display = bool(message.servers)
 
     @staticmethod
     def _values(v) -> Text:
