@@ -174,7 +174,6 @@ def load_sharded_optimizer(model: torch.nn.Module, optimizer, directory: Path) -
 def restore_sharded(trainer, path: Path) -> dict | None:
     """Resume an FSDP2 trainer from ``path`` (a consolidated checkpoint; its DCP folder if it names one)."""
     from lm.train.run_checkpoints import load_training_checkpoint
-    from lm.train.trainer import TrainState
 
     ckpt = load_training_checkpoint(path)
     from lm.model import check_state_dict
@@ -189,16 +188,7 @@ def restore_sharded(trainer, path: Path) -> dict | None:
     elif "optimizer" in ckpt:  # a DDP or one-process checkpoint continued under FSDP2: shard its state
         _init_optimizer_state(trainer.model, trainer.optimizer)
         trainer.optimizer.load_state_dict(shard_optimizer_state(trainer.model, ckpt["optimizer"]))
-    if ckpt.get("sampler") is not None:
-        trainer.sampler.load_state_dict(ckpt["sampler"])
-    t = ckpt.get("trainer") or {}
-    trainer.state = TrainState(step=int(ckpt.get("iteration", 0)), tokens=int(t.get("tokens", 0)),
-                               time=float(t.get("time", 0.0)), best_val_loss=t.get("best_val_loss"),
-                               best_val_bpb=t.get("best_val_bpb"), last_val_loss=t.get("last_val_loss"),
-                               last_val_bpb=t.get("last_val_bpb"))
-    trainer._resumed_from = path
-    trainer._exact_resume = "sampler" in ckpt and "rng" in ckpt
-    return trainer._rng_of(ckpt)
+    return trainer._restore_progress(ckpt, path)
 
 
 def _plain_model(trainer):

@@ -181,3 +181,53 @@ def pool_context():
     if sys.platform == "linux" and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
+
+
+class BoundedMap:
+    """``pool.imap`` (``ordered``) or ``imap_unordered`` with at most ``window`` tasks handed to the pool.
+
+    Why not ``imap`` + ``Pool.terminate()`` on an error: with results still on their way, CPython's
+    result handler stops reading, a worker blocks writing a large result while holding the queue's
+    lock, and ``terminate()`` waits for that lock for ever (seen: a disk-full error while encoding
+    hung in 3 of 8 tries). Here nothing beyond the window is queued, so :meth:`close` first lets the
+    tasks in flight finish (at most ``window`` chunks), then closes the pool cleanly.
+    """
+
+    def __init__(self, pool, fn, tasks, window: int, ordered: bool = True):
+        self.pool, self.fn, self.ordered = pool, fn, ordered
+        self._tasks = iter(tasks)
+        self._pending: list = []
+        for _ in range(max(1, window)):
+            if not self._submit():
+                break
+
+    def _submit(self) -> bool:
+        task = next(self._tasks, _DONE)
+        if task is _DONE:
+            return False
+        self._pending.append(self.pool.apply_async(self.fn, (task,)))
+        return True
+
+    def __iter__(self):
+        while self._pending:
+            if self.ordered:
+                result = self._pending.pop(0)
+            else:  # the first that is ready
+                while not any(r.ready() for r in self._pending):
+                    self._pending[0].wait(0.05)
+                result = self._pending.pop(next(i for i, r in enumerate(self._pending) if r.ready()))
+            value = result.get()  # re-raises a worker's exception here
+            self._submit()
+            yield value
+
+    def close(self) -> None:
+        """Let the tasks in flight finish (their results are dropped), then close and join the pool."""
+        self._tasks = iter(())
+        for r in self._pending:
+            r.wait()
+        self._pending = []
+        self.pool.close()
+        self.pool.join()
+
+
+_DONE = object()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from lm.tokenizer.chunks import (
     MAX_CHUNK_BYTES,
+    BoundedMap,
     check_corpus,
     chunk_size_for,
     plan_chunks,
@@ -87,8 +88,9 @@ def count_pretokens(input_path: str | os.PathLike, special_tokens: Sequence[str]
         results = map(_count_chunk, tasks)
         pool = None
     else:
-        pool = worker_pool(pool_context(), min(workers, len(tasks)))
-        results = pool.imap_unordered(_count_chunk, tasks)
+        procs = min(workers, len(tasks))
+        pool = BoundedMap(worker_pool(pool_context(), procs), _count_chunk, tasks, 2 * procs, ordered=False)
+        results = pool
     try:
         for counts, n_special, n_bytes in results:
             if total:
@@ -101,6 +103,5 @@ def count_pretokens(input_path: str | os.PathLike, special_tokens: Sequence[str]
                 progress(done)
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()
     return PretokenCounts(total, num_specials, size)

@@ -28,6 +28,7 @@ from lm.atomic import atomic_write, write_error_message
 from lm.errors import DataError
 from lm.tokenizer.chunks import (
     MAX_CHUNK_BYTES,
+    BoundedMap,
     check_corpus,
     chunk_size_for,
     plan_chunks,
@@ -156,8 +157,10 @@ def encode_file(tokenizer: Tokenizer, input_path: str | os.PathLike, output_path
                 # instead of each paying for the common words again.
                 first = [_encode_range(tokenizer, src, *todo[0], typecode)]
                 todo = todo[1:]
-            pool = _start_pool(context, tokenizer, min(workers, len(todo)))
-            results = chain(first, pool.imap(_encode_task, [(src, s, e, typecode) for s, e in todo]))
+            procs = min(workers, len(todo))
+            pool = BoundedMap(_start_pool(context, tokenizer, procs), _encode_task,
+                              [(src, s, e, typecode) for s, e in todo], 2 * procs)
+            results = chain(first, pool)
         for data, n_tokens, n_bytes in results:
             f.write(data)
             digest.update(data)
@@ -177,8 +180,7 @@ def encode_file(tokenizer: Tokenizer, input_path: str | os.PathLike, output_path
         raise DataError(f"cannot write token file {out}: {write_error_message(out, e)}") from None
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()
     return info
 
 

@@ -243,6 +243,11 @@ class Trainer:
             from lm.distributed.dcp import load_sharded_optimizer, sharded_dir
 
             load_sharded_optimizer(self.model, self.optimizer, sharded_dir(path, ckpt))
+        return self._restore_progress(ckpt, path)
+
+    def _restore_progress(self, ckpt: dict, path: Path) -> dict | None:
+        """After the weights and optimizer: the sampler, the counters and best losses; returns the RNG state
+        to continue from (restored last, by setup). Shared by every way a checkpoint is read back."""
         if ckpt.get("sampler") is not None:
             self.sampler.load_state_dict(ckpt["sampler"])
         t = ckpt.get("trainer") or {}
