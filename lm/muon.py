@@ -27,8 +27,11 @@ checkpoint stores and resume restores.
 
 Under DDP every rank holds the same all-reduced gradient, so every rank
 computes the same update: plain DDP works unchanged. FSDP2 shards each matrix
-across ranks, and Newton-Schulz needs the whole matrix; a sharded (DTensor)
-gradient raises a clear error rather than orthogonalising a shard.
+(a DTensor) across ranks, and Newton-Schulz needs the whole matrix: the
+momentum stays sharded (its update is elementwise), the update direction is
+all-gathered (``full_tensor()``), every rank orthogonalises the same whole
+matrix, and each keeps its own shard of the result (a replicated DTensor
+redistributed to the parameter's placement: a local slice, no communication).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from collections.abc import Callable
 
 import torch
 
-from lm.errors import ConfigError
 from lm.optim import AdamW
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -73,6 +75,15 @@ def shape_scale(rows: int, cols: int) -> float:
 
 def _is_sharded(t: torch.Tensor) -> bool:
     return type(t).__name__ == "DTensor"
+
+
+def _this_ranks_shard(full: torch.Tensor, like) -> torch.Tensor:
+    """``full`` (the same on every rank) as a DTensor laid out like ``like``: each rank keeps its slice."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = like.device_mesh
+    replicated = DTensor.from_local(full, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return replicated.redistribute(mesh, like.placements)
 
 
 class Muon(AdamW):
@@ -120,15 +131,13 @@ class Muon(AdamW):
         directions = []
         for p in params:
             g = p.grad
-            if _is_sharded(g):
-                raise ConfigError(["optimizer.name = 'muon' does not support FSDP2-sharded parameters yet "
-                                   "(Newton-Schulz needs each whole matrix); use DDP, or optimizer.name = 'adamw'"])
             state = self.state[p]
             if not state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             buf = state["momentum_buffer"]
             buf.lerp_(g, 1 - beta)  # m = beta m + (1 - beta) g
-            directions.append(torch.lerp(g, buf, beta) if group["nesterov"] else buf)
+            u = torch.lerp(g, buf, beta) if group["nesterov"] else buf
+            directions.append(u.full_tensor() if _is_sharded(u) else u)  # FSDP2: the whole matrix, on every rank
         # Matrices of one shape are orthogonalised together: one batched iteration, few launches.
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
@@ -141,9 +150,12 @@ class Muon(AdamW):
             scale = shape_scale(rows, cols)
             for j, i in enumerate(idx):
                 p = params[i]
+                update = ortho[j].reshape(p.shape).to(p.dtype)
+                if _is_sharded(p):
+                    update = _this_ranks_shard(update, p)
                 if wd:
                     p.mul_(1 - lr * wd)
-                p.add_(ortho[j].reshape(p.shape).to(p.dtype), alpha=-lr * scale)
+                p.add_(update, alpha=-lr * scale)
 
 
 def muon_param_groups(model: torch.nn.Module, opt_cfg) -> list[dict]:
