@@ -6,4 +6,5 @@ the pieces are importable on their own for scripts and tests.
 
 from lm.train.experiment import run_experiment  # noqa: F401
 from lm.train.policy import DevicePolicy, resolve_policy  # noqa: F401
-from lm.train.trainer import Trainer, TrainState  # noqa: F401
+from lm.train.state import TrainState  # noqa: F401
+from lm.train.trainer import Trainer  # noqa: F401

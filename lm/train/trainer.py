@@ -31,7 +31,6 @@ import random
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,42 +55,12 @@ from lm.train.optimization import build_optimizer, grad_norm, set_lr
 from lm.train.policy import DevicePolicy, configure_backends, peak_memory, reset_peak_memory, resolve_policy
 from lm.train.recorder import Progress, RunRecorder
 from lm.train.signals import StopRequest
+from lm.train.state import TrainState, default_eval_batches, default_sampler  # noqa: F401 (re-exported)
+from lm.train.throughput import mfu_inputs, newton_schulz_flops
 from lm.train.window import StepWindow, WindowStats
 
 INJECT_NAN_ENV = "LAB_INJECT_NAN_AT_STEP"
 INJECT_NAN_RANK_ENV = "LAB_INJECT_NAN_RANK"
-
-
-@dataclass
-class TrainState:
-    """Counters that survive a resume (the ``trainer`` entry of a checkpoint)."""
-
-    step: int = 0
-    tokens: int = 0
-    time: float = 0.0
-    best_val_loss: float | None = None
-    best_val_bpb: float | None = None
-    last_val_loss: float | None = None
-    last_val_bpb: float | None = None
-
-    def to_dict(self) -> dict:
-        return {"time": self.time, "tokens": self.tokens, "best_val_loss": self.best_val_loss,
-                "best_val_bpb": self.best_val_bpb, "last_val_loss": self.last_val_loss,
-                "last_val_bpb": self.last_val_bpb}
-
-
-def default_sampler(tokens, batch_size: int, context_length: int, seed: int):
-    """The random-window batch sampler of :mod:`lm.data.batches`."""
-    from lm.data.batches import BatchSampler
-
-    return BatchSampler(tokens, batch_size, context_length, seed)
-
-
-def default_eval_batches(tokens, batch_size: int, context_length: int, num_batches: int):
-    """The fixed, evenly spread validation windows of :mod:`lm.data.batches`."""
-    from lm.data.batches import eval_batches
-
-    return eval_batches(tokens, batch_size, context_length, num_batches)
 
 
 class Trainer:
@@ -371,8 +340,8 @@ class Trainer:
             rec.update_status(**self._world_fields())
         if st.step >= total:
             return self._finish(f"already finished: step {st.step} of {total}")
-        self._mfu_inputs = _mfu_inputs(cfg.model, self.policy)
-        self._ns_flops = _newton_schulz_flops(cfg)
+        self._mfu_inputs = mfu_inputs(cfg.model, self.policy)
+        self._ns_flops = newton_schulz_flops(cfg)
         window = StepWindow(cfg.training.log_every, self.policy.device)
         self._win_t0, self._win_paused = time.perf_counter(), 0.0
         self._untimed = None
@@ -644,24 +613,3 @@ def _rel(path: Path, root: Path) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
-
-
-def _mfu_inputs(model_cfg, policy: DevicePolicy) -> tuple[float | None, float | None, bool]:
-    """(training FLOPs per token, peak FLOP/s, peak is an estimate) from the calculator."""
-    from lm.calc import peak_flops, training_flops_per_token
-
-    try:
-        peak, estimated = peak_flops(policy.device_name, policy.dtype)
-    except LabError as e:  # e.g. a malformed ~/.config/lab/devices.toml: train anyway, without MFU
-        print(f"lab: MFU left out: {e}", file=sys.stderr)
-        return None, None, True
-    return float(training_flops_per_token(model_cfg)), float(peak), bool(estimated)
-
-
-def _newton_schulz_flops(cfg: ExperimentConfig) -> float:
-    """Muon's Newton-Schulz FLOPs per optimizer step (0 for AdamW), from the calculator."""
-    if getattr(cfg.optimizer, "name", "adamw") != "muon":
-        return 0.0
-    from lm.calc.optimizer import newton_schulz_flops_per_step
-
-    return float(newton_schulz_flops_per_step(cfg.model, cfg.optimizer.muon_ns_steps))
