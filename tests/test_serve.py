@@ -276,6 +276,9 @@ def test_the_server_leaves_its_status_in_the_run_folder_for_the_console(served):
         time.sleep(0.2)
     [s] = live
     assert s.url == served.url and s.slots == 4 and s.state == "serving" and s.tokens >= 8
+    listed = subprocess.run([sys.executable, "-m", "lab", "runs", "--runs-dir", str(served.run.parent)],
+                            capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert f"{served.run.name}: serving {served.url} (" in listed.stdout, listed.stdout + listed.stderr
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits(slow):

@@ -57,4 +57,10 @@ def run(args) -> int:
     console.print(table)
     for note in notes:
         console.print(note, markup=False, highlight=False)
+    from lab.views.serving import read_serving
+
+    for r in runs:  # `lab serve` processes of these runs that are alive now
+        for s in read_serving(r.path):
+            console.print(f"{r.name}: serving {s.url} ({s.active}/{s.slots} slots busy, {s.requests:,} requests, "
+                          f"{format_number(s.tokens_per_s, ',.0f')} tokens/s)", markup=False, highlight=False)
     return 0
