@@ -191,6 +191,8 @@ def run(name: str, builder, cfg: ModelConfig, batch: int, device, steps: int, pe
     out.update(params=n_params, step_ms=step_s * 1e3, tokens_per_s=tok_s,
                mfu=tok_s * flops_per_token(n_params, cfg) / peak,
                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30,
+               # CUDA graphs' private pools are reserved, not counted as allocated: the reserved peak shows them.
+               reserved_gib=torch.cuda.max_memory_reserved(device) / 2**30,
                build_s=built_s, first_step_s=first_s, compile_s=first_s - built_s - step_s)
     return out
 
@@ -253,7 +255,8 @@ def main(argv=None) -> int:
                 continue
             print(f"{label:>16} {name:>8} {batch:>5} {r['params'] / 1e6:>6.0f}M {r['step_ms']:>8.1f} "
                   f"{r['tokens_per_s']:>9,.0f} {r['mfu']:>6.1%} {r['peak_gib']:>8.1f} {r['compile_s']:>9.1f} "
-                  f"{r['first_step_s']:>10.1f}  loss {r['loss_first']:.3f}->{r['loss_last']:.3f}  {r.get('plan', '')}",
+                  f"{r['first_step_s']:>10.1f}  loss {r['loss_first']:.3f}->{r['loss_last']:.3f}  "
+                  f"reserved {r['reserved_gib']:.1f} GiB  {r.get('plan', '')}",
                   flush=True)
         if all(n in got and "error" not in got[n] for n in ("lab", "baseline")):
             a, b = got["lab"], got["baseline"]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lm.tokenizer.chunks import BoundedMap, pool_context, worker_pool
 
 
@@ -36,3 +39,18 @@ def test_stopping_early_with_large_results_in_flight_closes_promptly():
     m.close()
     assert time.perf_counter() - t < 30
     assert m._pending == []
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(0, 12), window=st.integers(1, 5), ordered=st.booleans())
+def test_any_window_gives_every_result_once(n, window, ordered):
+    m = BoundedMap(_pool(), _square, range(n), window=window, ordered=ordered)
+    try:
+        got = list(m)
+    finally:
+        m.close()
+    assert (got if ordered else sorted(got)) == [x * x for x in range(n)]
+
+
+def _pool():
+    return worker_pool(pool_context(), 2)  # close() ends it
