@@ -229,7 +229,23 @@ def _table(results, modes, compare: bool, device):
                     f"{step.median_s / p['step_s']:.2f}" if step and p else "-",
                     f"{r.peak_memory / p['peak_memory']:.2f}" if r.peak_memory and p else "-"]
         t.add_row(*row)
+    t.caption = _mfu_caption(results)
     return t
+
+
+def _mfu_caption(results) -> str:
+    """Which MFU convention the table uses (the trainer's and bench/train_mfu.py's)."""
+    from lm.calc import peak_flops
+
+    measured = [r for r in results if r.mfu]
+    if not measured:
+        return ""
+    r = measured[0]
+    peak, estimated = peak_flops(r.device, r.case.dtype)
+    source = "an estimate" if estimated else "the device profile's figure (measured where it says so)"
+    return (f"MFU: dense matmul FLOPs per token (6 x parameters except the input embeddings + 12 x layers x "
+            f"d_model x context) x tokens/s / {peak / 1e12:.3g} TFLOP/s {r.case.dtype} peak, {source}; "
+            "the trainer's convention (lab calc --list-devices shows the profile)")
 
 
 def _print_comparisons(con, results) -> None:
