@@ -53,6 +53,17 @@ def test_sample_seed_reproduces_text(run_dir, capsys):
     assert capsys.readouterr().out == first
 
 
+def test_sample_kernels_torch_gives_the_default_text_and_triton_off_cuda_is_a_clear_error(run_dir, capsys):
+    argv = ["sample", str(run_dir), "-p", "a", "-t", "3", "--seed", "11", "-n", "30", "--device", "cpu"]
+    assert main(argv) == 0
+    default = capsys.readouterr().out
+    assert main(argv + ["--kernels", "torch"]) == 0
+    assert capsys.readouterr().out == default
+    assert main(argv + ["--kernels", "triton"]) == 2
+    err = capsys.readouterr().err
+    assert "Triton decode step cannot run" in err and "CUDA" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("flag, value, words", [
     ("--top-p", "1.5", "top_p must be in (0, 1]"),
     ("--temperature", "-1", "temperature must be a number >= 0"),

@@ -24,6 +24,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights' precision; auto is bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="decode step by step without CUDA graphs (slower; for comparison or debugging)")
+    add_kernels_arg(p)
+
+
+def add_kernels_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
+                   help="the decode step: auto is the Triton step at batch 1 on CUDA (fastest), torch elsewhere; "
+                        "torch gives the same text as `lab serve` with several slots for the same seed")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +80,8 @@ def load_generator(args, log=None):
     log = log or sys.stderr
     t0 = time.perf_counter()
     loaded = load(args.run_dir, checkpoint_choice(args.run_dir, args.checkpoint, log), args.device, args.dtype)
-    gen = Generator(loaded.model, loaded.tokenizer, cuda_graphs=False if args.no_cuda_graphs else None)
+    gen = Generator(loaded.model, loaded.tokenizer, cuda_graphs=False if args.no_cuda_graphs else None,
+                    kernels=args.kernels)
     p = next(loaded.model.parameters())
     step = f"step {loaded.iteration}, " if loaded.iteration is not None else ""
     print(f"loaded {loaded.checkpoint_path} ({step}{loaded.model.num_params() / 1e6:.2f}M parameters, "

@@ -42,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="weights' precision; auto is bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--no-cuda-graphs", action="store_true", help="decode without CUDA graphs")
+    from lab.commands.sample import add_kernels_arg
+
+    add_kernels_arg(p)
     return p
 
 
@@ -98,7 +101,8 @@ def run(args) -> int:
 
     loaded = load(args.run_dir, checkpoint_choice(args.run_dir, args.checkpoint, sys.stderr), args.device,
                   args.dtype)
-    engine = Engine(loaded.model, max_batch=args.max_batch, cuda_graphs=False if args.no_cuda_graphs else None)
+    engine = Engine(loaded.model, max_batch=args.max_batch, cuda_graphs=False if args.no_cuda_graphs else None,
+                    kernels=args.kernels)
     _warm_up(engine)
     # The folder given (a run or an export folder), not the checkpoint's grandparent: an export holds its weights at top level.
     name = args.model_name or Path(args.run_dir).resolve().name
