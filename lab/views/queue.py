@@ -24,22 +24,23 @@ COMPARE_METRICS = (("val_loss", "val loss"), ("loss", "train loss"), ("lr", "lea
 WHY_STATUSES = ("failed", "diverged", "stopped")
 
 
+def _toml_keys(path: Path) -> set[str]:
+    """The top-level keys of a TOML file (none when it cannot be read as TOML)."""
+    try:
+        return set(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return set()
+
+
 def is_study_file(path: Path) -> bool:
     """Whether a TOML file is a scaling study (``lab scale``: a ``base`` experiment, ``sizes`` and a ``budget``)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False
-    return "base" in data and "sizes" in data and "budget" in data
+    return {"base", "sizes", "budget"} <= _toml_keys(path)
 
 
 def is_sweep_file(path: Path) -> bool:
     """Whether a TOML file is a sweep (a ``base`` experiment plus ``params``/``search``)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False
-    return "base" in data and ("params" in data or "search" in data)
+    keys = _toml_keys(path)
+    return "base" in keys and bool(keys & {"params", "search"})
 
 
 def log_tail(path: Path, lines: int = LOG_LINES, max_bytes: int = 16384) -> list[str]:
