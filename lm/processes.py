@@ -35,13 +35,8 @@ def process_start(pid: int) -> str | None:
     if pid <= 0:
         return None
     if sys.platform.startswith("linux"):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        # fields[0] is field 3 (state) of proc(5); starttime is field 22.
-        return f"{_boot_id()}:{fields[19].decode()}" if len(fields) > 19 else None
+        ticks = _start_ticks(pid)
+        return f"{_boot_id()}:{ticks}" if ticks is not None else None
     try:
         out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -65,16 +60,25 @@ def _exists(pid: int) -> bool:
         return True
 
 
+def _start_ticks(pid: int | str) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # fields[0] is field 3 (state) of proc(5)
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_age() -> float | None:
     """Seconds since this process started (Linux: from /proc; elsewhere None)."""
+    ticks = _start_ticks("self")
     try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": field 3 onwards
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])
-        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: start, in ticks since boot
     except (OSError, ValueError, IndexError):
         return None
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK")) if ticks is not None else None
 
 
 def identity() -> dict:

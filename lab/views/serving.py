@@ -14,10 +14,10 @@ from pathlib import Path
 
 from rich.text import Text
 
+from lab.serve.status import SERVING_DIR
 from lab.views.formats import format_number
 from lm.processes import ALIVE, OTHER_HOST, process_state
 
-SERVING_DIR = "serving"  # lab.serve.status.SERVING_DIR (not imported: that module pulls in the server side)
 _NUMBERS = ("slots", "active", "queued", "requests", "rejected", "tokens", "requests_per_s", "tokens_per_s",
             "updated")
 

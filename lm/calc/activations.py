@@ -177,12 +177,20 @@ def saved_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool = 
         loss = {"logits": N * V * a, "log_softmax": N * V * 4, "targets": N * 8 + 4}
         head_copy = 2.0 * V * d if autocast else 0.0
 
+    return _activations(cfg, N, layer, head, loss, autocast=autocast, head_copy=head_copy,
+                        checkpointing=checkpointing)
+
+
+def _activations(cfg: ModelConfig, N: int, layer: dict, head: dict, loss: dict, *, autocast: bool,
+                 head_copy: float, checkpointing: bool = False) -> Activations:
+    """The record, with the bf16 copies of the blocks' weights that autocast'ed matmuls save (and the LM head's)."""
+    d, f = cfg.d_model, cfg.ffn_dim
     weights_per_layer = 4 * d * d + (3 if cfg.ffn == "swiglu" else 2) * d * f
-    copies = 2.0 * cfg.num_layers * weights_per_layer + head_copy if autocast else 0.0
+    per_layer_copy = 2.0 * weights_per_layer if autocast else 0.0
+    copies = cfg.num_layers * per_layer_copy + head_copy if autocast else 0.0
     return Activations(layer=layer, num_layers=cfg.num_layers, head=head, loss=loss, weight_copies=copies,
                        checkpointed=checkpointing, checkpoint_layer=N * d * 4,
-                       detail={"weight_copies_per_layer": 2.0 * weights_per_layer if autocast else 0.0,
-                               "lm_head_copy": head_copy})
+                       detail={"weight_copies_per_layer": per_layer_copy, "lm_head_copy": head_copy})
 
 
 def _compiled_block_activations(cfg: ModelConfig, batch: int, T: int, *, autocast: bool, training: bool,
@@ -216,10 +224,5 @@ def _compiled_block_activations(cfg: ModelConfig, batch: int, T: int, *, autocas
     else:
         loss = {"grad_input": N * d * 4, "grad_lm_head": V * d * 4}
     # The bf16 copies of the weights that the backward's matmuls read are saved, as in eager autocast.
-    weights_per_layer = 4 * d * d + (3 if cfg.ffn == "swiglu" else 2) * d * f
-    per_layer_copy = 2.0 * weights_per_layer if autocast else 0.0
-    head_copy = 2.0 * V * d if autocast and compiled_loss else 0.0
-    return Activations(layer=layer, num_layers=cfg.num_layers, head=head, loss=loss,
-                       weight_copies=cfg.num_layers * per_layer_copy + head_copy, checkpointed=False,
-                       checkpoint_layer=N * d * 4,
-                       detail={"weight_copies_per_layer": per_layer_copy, "lm_head_copy": head_copy})
+    return _activations(cfg, N, layer, head, loss, autocast=autocast,
+                        head_copy=2.0 * V * d if autocast and compiled_loss else 0.0)
