@@ -51,3 +51,25 @@ def test_snapshot_is_a_copy():
     assert torch.equal(snap["model"]["w"], torch.ones(3)) and snap["opt"][0][0].sum() == 3
     assert snap["rng"]["numpy"][0] == 0 and snap["step"] == 7
     assert tensor_bytes(obj) == 2 * 3 * 4
+
+
+def test_a_new_step_file_never_makes_more_than_keep_last_even_mid_write(tmp_path, monkeypatch):
+    # A kill -9 while a step file is being written (background writes make that window wide) must not
+    # leave keep_last + 1 step files: room is made first; latest.pt and best.pt are links of their own.
+    import lm.train.run_checkpoints as rc
+
+    ckpts = rc.CheckpointDir(tmp_path, keep_last=2)
+    for step in (1, 2):
+        ckpts.save({"iteration": step, "model": {"w": torch.zeros(1)}}, step, keep_step_file=True, best=step == 1)
+    seen = []
+    real = rc.atomic_torch_save
+
+    def watching(obj, path):
+        seen.append(len(ckpts.step_files()))
+        return real(obj, path)
+
+    monkeypatch.setattr(rc, "atomic_torch_save", watching)
+    ckpts.save({"iteration": 3, "model": {"w": torch.ones(1)}}, 3, keep_step_file=True, best=False)
+    assert seen == [1] and [s for s, _ in ckpts.step_files()] == [2, 3]
+    assert rc.torch_load(ckpts.best)["iteration"] == 1  # step 1's file is gone, best.pt still holds it
+    assert rc.torch_load(ckpts.latest)["iteration"] == 3

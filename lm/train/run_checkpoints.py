@@ -158,6 +158,10 @@ class CheckpointDir:
         """
         written = []
         primary = self.path / step_filename(step) if keep_step_file and self.keep_last > 0 else self.latest
+        if primary != self.latest:
+            # Make room first, so a kill at any point leaves at most keep_last step files: the newest
+            # ones stay readable through latest.pt / best.pt, which are hard links of their own.
+            self._rotate(room=1)
         try:
             atomic_torch_save(obj, primary)
             written.append(primary)
@@ -181,9 +185,10 @@ class CheckpointDir:
         self._rotate()
         return written
 
-    def _rotate(self) -> None:
+    def _rotate(self, room: int = 0) -> None:
+        """Delete the oldest step files beyond keep_last (minus ``room`` for files about to be written)."""
         files = self.step_files()
-        for _, p in files[: max(0, len(files) - self.keep_last)]:
+        for _, p in files[: max(0, len(files) - (self.keep_last - room))]:
             try:
                 p.unlink()
             except OSError:
