@@ -75,12 +75,13 @@ def spawn(*args, env=None) -> subprocess.Popen:
 
 def wait_for_event(run_dir: Path, proc: subprocess.Popen, event: str, min_step: int = 0,
                    timeout: float = 120) -> dict:
-    """Poll events.jsonl until an ``event`` at ``step >= min_step`` appears."""
+    """Poll events.jsonl until an ``event`` at ``step >= min_step`` appears.
+
+    Read through the run directory's own tail reader: the file is being appended to, and a
+    plain read can catch a line half-written (the reader waits for its newline)."""
     deadline = time.time() + timeout
-    path = run_dir / "events.jsonl"
     while time.time() < deadline:
-        for line in path.read_text().splitlines() if path.exists() else []:
-            rec = json.loads(line)
+        for rec in RunDir(run_dir).events():
             if rec["event"] == event and rec["step"] >= min_step:
                 return rec
         if proc.poll() is not None:
