@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab.queue.store import QueueStore
+from lm.runs import MetricsTail
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,8 @@ def lab(*args: str, cwd: Path) -> subprocess.Popen:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Whole records only: the file may be mid-append (the tail reader waits for a line's newline)."""
+    return MetricsTail(path).read()
 
 
 def test_a_real_queue_completes_across_a_sigkill_of_its_runner_resuming_the_interrupted_run(tmp_path):
