@@ -123,8 +123,14 @@ def cpu_threads(requested: int = 0) -> int:
     return max(1, cores - 1)
 
 
-def configure_backends(device: torch.device, threads: int | None = 0, *, tf32: bool = True) -> None:
-    """The process-wide speed switches, set only here: CPU thread count; TF32 for fp32 matmuls on CUDA.
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+"""cuBLAS's workspace setting under which its matmuls repeat bitwise (CUDA's reproducibility notes)."""
+
+
+def configure_backends(device: torch.device, threads: int | None = 0, *, tf32: bool = True,
+                       deterministic: bool = False) -> None:
+    """The process-wide switches, set only here: CPU thread count; TF32 for fp32 matmuls on CUDA;
+    deterministic algorithms (set both ways, so one run's choice never leaks into the next in a process).
 
     ``threads=None`` leaves the CPU thread count alone (a benchmark that set it itself).
     """
@@ -133,6 +139,24 @@ def configure_backends(device: torch.device, threads: int | None = 0, *, tf32: b
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
+    if deterministic:
+        # Read when cuBLAS makes its first handle; a value the user set stays theirs.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = False if deterministic else torch.backends.cudnn.benchmark
+    if deterministic or "torch._inductor.config" in sys.modules:  # importing Inductor costs seconds
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config, "deterministic"):  # no autotuning that picks kernels by timing
+            inductor_config.deterministic = deterministic
+
+
+def nondeterministic_op(e: BaseException) -> str | None:
+    """The op named by torch's "has no deterministic implementation" error, or None for any other error."""
+    text = str(e)
+    if not isinstance(e, RuntimeError) or "deterministic implementation" not in text:
+        return None
+    return text.split(" does not have", 1)[0].strip().splitlines()[0][:120]
 
 
 def synchronize(device: torch.device) -> None:

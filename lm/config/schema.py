@@ -234,6 +234,11 @@ class TrainingConfig:
     """Replay the compiled step's kernels as CUDA graphs (torch.compile mode 'reduce-overhead'), so the
     host does not launch them one by one: 'auto' is on for compiled CUDA models under 50M parameters
     on one GPU without activation checkpointing (their steps are launch-bound), off otherwise."""
+    deterministic: bool = False
+    """Bitwise-repeatable runs on CUDA (same seed, GPU and software: the same weights at every step):
+    torch's deterministic algorithms (an op that has none stops the run and is named), a fixed cuBLAS
+    workspace and Inductor without benchmark-driven kernel choices. Slower: the embedding's backward
+    sorts its indices instead of adding atomically. CPU runs repeat bitwise without it."""
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     """Recompute activations in backward to save memory: 'full' keeps only each block's input (one
     extra forward of the blocks); 'selective' keeps matmul and attention outputs and recomputes the

@@ -92,6 +92,7 @@ def resolve_policy(training_cfg, device_override: str | None = None) -> DevicePo
                         compile=select_compile(device, training_cfg.compile), device_name=device_name(device))
 
 
-def configure_backends(policy: DevicePolicy, threads: int = 0) -> None:
-    """The run's backend switches (lm.device.configure_backends: threads on CPU, TF32 on CUDA)."""
-    _configure_backends(policy.device, threads)
+def configure_backends(policy: DevicePolicy, threads: int = 0, deterministic: bool = False) -> None:
+    """The run's backend switches (lm.device.configure_backends: threads on CPU, TF32 on CUDA,
+    ``training.deterministic``)."""
+    _configure_backends(policy.device, threads, deterministic=deterministic)

@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm.atomic import is_disk_full, write_error_message
 from lm.checkpoint_file import check_tokenizer
 from lm.config.schema import ExperimentConfig, to_dict
 from lm.distributed.env import DistEnv
@@ -45,12 +44,11 @@ from lm.model import TransformerLM, check_state_dict
 from lm.optim import clip_grad_norm
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
 from lm.processes import process_age
-from lm.train import engine
+from lm.train import engine, failures
 from lm.train.run_checkpoints import (BACKGROUND_MAX_BYTES, CHECKPOINT_FORMAT, BackgroundWrite, CheckpointDir,
                                       capture_rng, cpu_snapshot, load_training_checkpoint, restore_rng,
                                       tensor_bytes)
 from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
-from lm.train.memory_check import is_out_of_memory, oom_error
 from lm.train.optimization import build_optimizer, grad_norm, set_lr
 from lm.train.policy import DevicePolicy, configure_backends, peak_memory, reset_peak_memory, resolve_policy
 from lm.train.recorder import Progress, RunRecorder
@@ -117,7 +115,7 @@ class Trainer:
         cfg = self.cfg
         t_setup = time.perf_counter()
         self.policy = policy = self.policy or resolve_policy(cfg.training)
-        configure_backends(policy, cfg.training.threads)
+        configure_backends(policy, cfg.training.threads, cfg.training.deterministic)
         T = cfg.model.context_length
         for name, toks in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(toks) < T + 1:
@@ -266,13 +264,8 @@ class Trainer:
             rec.finish("stopped", 5, msg)
             return 5
         except Exception as e:
-            if is_out_of_memory(e):  # a size problem, not a crash: say which keys and what the calculator says
-                err = oom_error(cfg, self.policy.device_name if self.policy else "this device", e)
-                self._record_failure(str(err), 2)
-                raise err from None
-            if is_disk_full(e):  # metrics, events or status could not be written: the run dir's disk is full
-                err = LabError(f"cannot write to {self.run_dir}: {write_error_message(self.run_dir / 'status.json', e)}"
-                               f"; `lab run --resume {self.run_dir}` continues from the last checkpoint")
+            err = failures.explain(e, cfg, self.policy.device_name if self.policy else "this device", self.run_dir)
+            if err is not None:  # a setting or the machine, not a bug: one paragraph, no traceback
                 self._record_failure(str(err), 2)
                 raise err from None
             traceback.print_exc(file=sys.stderr)
@@ -331,10 +324,12 @@ class Trainer:
             if age is not None:
                 self.startup["process_s"] = round(age, 3)
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
-                      f"{self.policy.device_name} ({self.policy.dtype}, {self.plan.describe()})"
+                      f"{self.policy.device_name} ({self.policy.dtype}, {self.plan.describe()}"
+                      + (", deterministic)" if cfg.training.deterministic else ")")
                       + self._world_note() + "".join(f"; {w}" for w in self.warnings),
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
-                      params=self.model.num_params(), warnings=list(self.warnings), startup=dict(self.startup),
+                      params=self.model.num_params(), deterministic=cfg.training.deterministic,
+                      warnings=list(self.warnings), startup=dict(self.startup),
                       **self._world_fields(True))
         if self.par is not None:
             rec.update_status(**self._world_fields())
