@@ -76,3 +76,12 @@ def test_lab_calc_gpus_prints_both_modes(capsys):
     assert main(["calc", "--preset", "small", "--device", "rtx4090", "--gpus", "2"]) == 0
     text = capsys.readouterr().out
     assert "2 GPUs" in text and "PCIe 32 (d)" in text and "FSDP" in text
+
+
+@pytest.mark.parametrize("gpus", ["0", "-2"])
+def test_lab_calc_refuses_fewer_than_one_gpu(gpus, capsys):
+    from lab.cli import main
+
+    assert main(["calc", "--preset", "small", "--gpus", gpus]) == 2
+    err = capsys.readouterr().err
+    assert f"--gpus must be at least 1, got {gpus}" in err and "Traceback" not in err

@@ -222,6 +222,8 @@ def test_malformed_json_and_unknown_routes(served):
 
 def test_api_key_is_required_when_given_and_for_other_addresses(tmp):
     run = tmp / "pattern" / MODEL
+    if not run.exists():  # run alone (-k): the `served` fixture did not write it
+        run = write_run(tmp / "pattern")
     s = Served(run, tmp, "--api-key", "sesame")
     try:
         assert s.http.post("/v1/completions", json={"model": MODEL, "prompt": "a"}).status_code == 401
@@ -236,6 +238,11 @@ def test_api_key_is_required_when_given_and_for_other_addresses(tmp):
     proc = subprocess.run([sys.executable, "-m", "lab", "serve", str(run), "--host", "0.0.0.0", "--port", "0"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "--api-key" in proc.stderr and "Traceback" not in proc.stderr
+    for port in ("65536", "-1"):
+        proc = subprocess.run([sys.executable, "-m", "lab", "serve", str(run), "--port", port],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2 and f"--port must be a TCP port from 0 to 65535" in proc.stderr, proc.stderr
+        assert port in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ----------------------------------------------------------------------------- load, disconnects, shutdown

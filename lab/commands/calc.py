@@ -108,7 +108,7 @@ def run(args) -> int:
                           dtype=args.dtype, grad_accum=args.grad_accum, compile=args.compile,
                           activation_checkpointing=args.checkpointing, efficiency=eff,
                           devices_file=args.devices_file) for name in names]
-    multi = _distributed(exp, names, args, eff) if args.gpus else []
+    multi = _distributed(exp, names, args, eff) if args.gpus is not None else []  # --gpus 0 is refused there
     if args.json:
         import json
 

@@ -84,6 +84,8 @@ def run(args) -> int:
     if args.host not in LOCAL_HOSTS and not args.api_key:
         raise LabError(f"--host {args.host} makes the server reachable from other machines; give --api-key KEY "
                        "too (clients then send 'Authorization: Bearer KEY'), or keep the default 127.0.0.1")
+    if not 0 <= args.port <= 65535:
+        raise LabError(f"--port must be a TCP port from 0 to 65535 (0 picks a free one), got {args.port}")
     if args.max_batch < 1:
         raise LabError(f"--max-batch must be at least 1, got {args.max_batch}")
     max_queue = 8 * args.max_batch if args.max_queue is None else args.max_queue
