@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.scale.fit import fit_power_law, isoflop_optimum, power_fit
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from lab.scale.fit import fit_power_law, fit_surface, isoflop_optimum, power_fit, surface_optimum
 from lab.scale.spec import load_scale
 from lm.calc import count_params
 from lm.errors import ConfigError
@@ -46,6 +49,55 @@ def test_fit_is_exact_without_noise_and_checks_its_input():
     assert law.c == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(ValueError, match="at least 3"):
         fit_power_law([1e5, 1e6], [3.0, 2.5])
+
+
+def _isoflop_grid(law, budgets=(1e12, 3e12, 1e13), sizes=(3e4, 1e5, 3e5, 1e6)):
+    """Points of an isoFLOP grid (D = C / 6N) with the losses of a known surface ``law(n, d)``."""
+    n = np.array([s for _ in budgets for s in sizes])
+    d = np.array([c / (6 * s) for c in budgets for s in sizes])
+    return n, d, law(n, d)
+
+
+@settings(max_examples=15, deadline=None)
+@given(e=st.floats(0.5, 2.5), a=st.floats(5, 80), alpha=st.floats(0.15, 0.6), b=st.floats(5, 200),
+       beta=st.floats(0.15, 0.6))
+def test_surface_fit_recovers_a_known_chinchilla_law_exactly(e, a, alpha, b, beta):
+    """Noiseless points of L = e + a N^-alpha + b D^-beta on a 4 x 3 isoFLOP grid give the law back:
+    the exponents within 1% and every point's loss within 0.1%. (Where a term changes the loss by
+    less than 0.05 nats across the grid, the grid cannot see its exponent: such laws are skipped.)"""
+    n, d, loss = _isoflop_grid(lambda n, d: e + a * n ** -alpha + b * d ** -beta)
+    size_term, data_term = a * n ** -alpha, b * d ** -beta
+    assume(np.ptp(size_term) > 0.05 and np.ptp(data_term) > 0.05)
+    law = fit_surface(n, d, loss)
+    assert law.alpha == pytest.approx(alpha, rel=0.01) and law.beta == pytest.approx(beta, rel=0.01)
+    assert law.max_rel_error < 1e-3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_surface_fit_passes_within_the_noise_and_its_optimum_follows_chinchilla(seed):
+    """0.5% noise: every point within 2%; the law's compute-optimal N at a budget within 2x of the true
+    one (for D = C / 6N the true optimum has the closed form of Chinchilla's approach 3)."""
+    rng = np.random.default_rng(seed)
+    e, a, alpha, b, beta = 1.5, 40.0, 0.3, 60.0, 0.3
+    n, d, loss = _isoflop_grid(lambda n, d: e + a * n ** -alpha + b * d ** -beta)
+    law = fit_surface(n, d, loss * (1 + 0.005 * rng.standard_normal(len(loss))))
+    assert law.max_rel_error < 0.02
+    c = 3e12
+    g = (alpha * a / (beta * b)) ** (1 / (alpha + beta))
+    true_n = g * (c / 6) ** (beta / (alpha + beta))
+    n_opt, d_opt, _ = surface_optimum(law, c, lambda n: 6 * n, (3e4, 1e6))
+    assert 0.5 < n_opt / true_n < 2 and d_opt == pytest.approx(c / (6 * n_opt))
+
+
+def test_surface_fit_checks_its_input_and_an_optimum_at_the_search_edge_is_none():
+    with pytest.raises(ValueError, match="at least 5"):
+        fit_surface([1, 2, 3, 4], [1, 2, 3, 4], [3, 2, 1, 0.5])
+    with pytest.raises(ValueError, match="2 distinct N"):
+        fit_surface([1e5] * 6, [1e6, 2e6, 3e6, 4e6, 5e6, 6e6], [3, 2.9, 2.8, 2.7, 2.6, 2.5])
+    from lab.scale.fit import SurfaceLaw
+
+    no_size_term = SurfaceLaw(e=1.0, a=0.0, alpha=0.3, b=50.0, beta=0.3, rmse=0.0, max_rel_error=0.0)
+    assert surface_optimum(no_size_term, 1e12, lambda n: 6 * n, (1e5, 1e6)) is None  # smaller is always better
 
 
 def test_isoflop_optimum_of_a_parabola_and_power_fit():
@@ -181,6 +233,19 @@ def test_lab_scale_runs_end_to_end_and_resumes_after_kill_9(tmp_path):
     assert report.returncode == 0 and "started entry" not in report.stdout
 
 
+def _fake_finished_runs(tmp_path: Path, spec, store, law) -> None:
+    """Mark every queued point of ``spec`` done, with a run directory whose final eval has ``law(N, D)``."""
+    with store.transaction() as state:
+        for e in state.entries:
+            p = spec.points[e.trial]
+            rd = tmp_path / "runs" / e.name
+            rd.mkdir(parents=True)
+            (rd / "status.json").write_text(json.dumps({"state": "done", "step": p.steps, "total_steps": p.steps}))
+            (rd / "metrics.jsonl").write_text(json.dumps({"type": "eval", "step": p.steps, "tokens": p.tokens,
+                                                          "time": 1.0, "val_loss": law(p.n, p.tokens)}) + "\n")
+            e.status, e.run_dir = "done", str(rd)
+
+
 def test_isoflop_study_collects_optima_fit_and_past_optimal_warnings(tmp_path, monkeypatch):
     """collect() on an isoFLOP study whose runs 'finished' with losses from a known surface.
 
@@ -196,16 +261,7 @@ def test_isoflop_study_collects_optima_fit_and_past_optimal_warnings(tmp_path, m
     spec = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [2e9, 8e9]', sizes=sizes))
     store = QueueStore(tmp_path / "runs")
     assert enqueue(spec, store) == (8, 0) and enqueue(spec, store) == (0, 8)  # again: nothing added twice
-    with store.transaction() as state:
-        for e in state.entries:
-            p = spec.points[e.trial]
-            rd = tmp_path / "runs" / e.name
-            rd.mkdir(parents=True)
-            loss = 1.5 + 40 * p.n ** -0.3 + 60 * p.tokens ** -0.3
-            (rd / "status.json").write_text(json.dumps({"state": "done", "step": p.steps, "total_steps": p.steps}))
-            (rd / "metrics.jsonl").write_text(json.dumps({"type": "eval", "step": p.steps, "tokens": p.tokens,
-                                                          "time": 1.0, "val_loss": loss}) + "\n")
-            e.status, e.run_dir = "done", str(rd)
+    _fake_finished_runs(tmp_path, spec, store, lambda n, d: 1.5 + 40 * n ** -0.3 + 60 * d ** -0.3)
     result = collect(spec, store)
     assert len(result["isoflop"]) == 2 and "optimal_scaling" in result
     for o in result["isoflop"]:
@@ -215,7 +271,9 @@ def test_isoflop_study_collects_optima_fit_and_past_optimal_warnings(tmp_path, m
         assert ns[0] < o["n_opt"] < ns[-1]  # an interior optimum, near the best point of the budget
         assert abs(np.log(o["n_opt"] / best["n"])) < np.log(ns[-1] / ns[0]) / 2
     assert result["optimal_scaling"]["n_opt"]["exponent"] > 0  # more compute, bigger optimal model
-    assert result["fit"] is not None and all(q["fit_error"] is not None for q in result["points"])
+    assert result["fit"]["kind"] == "L(N, D)" and all(q["fit_error"] is not None for q in result["points"])
+    assert result["fit"]["alpha"] == pytest.approx(0.3, rel=0.01) and result["fit"]["max_rel_error"] < 1e-3
+    assert all(o["method"] == "parabola" and o["inside"] for o in result["isoflop"])
     assert any(q["past_optimal"] for q in result["points"]) == any("past optimal" in w or "x this budget" in w
                                                                    for w in result["warnings"])
     assert "val loss" in report_plot(result, width=80, height=20, color=False)
@@ -223,3 +281,34 @@ def test_isoflop_study_collects_optima_fit_and_past_optimal_warnings(tmp_path, m
     changed = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [2e9, 9e9]', sizes=sizes))
     with pytest.raises(ConfigError, match="different settings"):
         enqueue(changed, store)
+
+
+def test_an_isoflop_budget_whose_best_point_is_the_smallest_size_says_so_and_extrapolates_only_by_the_law(
+        tmp_path, monkeypatch):
+    """Sizes all above a budget's optimum (the shipped TinyShakespeare grid at 1e12 FLOPs did this): the
+    budget's parabola has no interior vertex, so its optimum comes from the surface law, marked as an
+    extrapolation below the grid, with a warning that says to add smaller sizes, and the plot's axis
+    stays on the sizes trained (an optimum at N = 0.03 once squeezed every point into one column)."""
+    from lab.queue.store import QueueStore
+    from lab.scale.study import collect, enqueue, report_plot
+
+    monkeypatch.chdir(tmp_path)
+    sizes = ("[{ d_model = 32, num_layers = 2 }, { d_model = 48, num_layers = 2 }, { d_model = 64, num_layers = 3 }, "
+             "{ d_model = 96, num_layers = 3 }]")
+    spec = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [1e11, 1e13]', sizes=sizes))
+    store = QueueStore(tmp_path / "runs")
+    enqueue(spec, store)
+    # Chinchilla's closed form puts this law's optimum near N = 8K at 1e11 FLOPs (below the 21K smallest
+    # size) and near 80K at 1e13 (inside the grid).
+    _fake_finished_runs(tmp_path, spec, store, lambda n, d: 1.5 + 10 * n ** -0.3 + 53 * d ** -0.3)
+    result = collect(spec, store)
+    low, high = sorted(result["isoflop"], key=lambda o: o["flops"])
+    ns = sorted({q["n"] for q in result["points"]})
+    assert low["edge"] == "below" and low["method"] == "surface law" and not low["inside"]
+    assert 0 < low["n_opt"] < ns[0]
+    assert any("1e+11 FLOPs" in w and "below the sizes trained" in w and "add smaller sizes" in w
+               for w in result["warnings"])
+    assert high["method"] == "parabola" and high["inside"] and ns[0] < high["n_opt"] < ns[-1]
+    plot = report_plot(result, width=100, height=24, color=False)
+    axis = [float(t) for t in plot.splitlines()[-2].split()]  # the x tick labels
+    assert min(axis) >= ns[0] / 4

@@ -68,9 +68,18 @@ def run(args) -> int:
         f = result["fit"]
         console.print(f"fit: {f['text']}  (rmse {f['rmse']:.4f}, worst point {f['max_rel_error']:.2%})")
     for o in result["isoflop"]:
+        if "n_opt" not in o:
+            console.print(f"C = {o['flops']:.2e}: no compute-optimal size: the lowest loss is at the edge of the "
+                          f"grid ({o['best']})")
+            continue
+        how = "parabola through the budget's points" if o["inside"] else "the surface law, extrapolated: " + \
+            ("below" if o["edge"] == "below" else "above") + " the sizes trained"
         console.print(f"C = {o['flops']:.2e}: compute-optimal N = {fmt_count(o['n_opt'])}, D = {fmt_count(o['d_opt'])} "
-                      f"tokens ({o['d_opt'] / o['n_opt']:.1f} tokens/param), loss {o['loss_opt']:.4f}"
-                      + ("" if o["inside"] else " (extrapolated)"))
+                      f"tokens ({o['d_opt'] / o['n_opt']:.1f} tokens/param), loss {o['loss_opt']:.4f} ({how})")
+    scaling = result.get("optimal_scaling")
+    if scaling:
+        console.print(f"N_opt ~ C^{scaling['n_opt']['exponent']:.2f}, D_opt ~ C^{scaling['d_opt']['exponent']:.2f} "
+                      f"({scaling['from']})")
     if len([q for q in result["points"] if q["val_loss"] is not None]) >= 2:
         print(report_plot(result, width=args.width, height=args.height, color=sys.stdout.isatty()))
     for w in result["warnings"]:

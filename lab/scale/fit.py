@@ -10,6 +10,7 @@ off the way an unconstrained Levenberg-Marquardt can on 4-6 points.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -129,3 +130,112 @@ def power_fit(x, y) -> tuple[float, float] | None:
         return None
     e, logk = np.polyfit(np.log(x), np.log(y), 1)
     return float(math.exp(logk)), float(e)
+
+
+@dataclass(frozen=True)
+class SurfaceLaw:
+    """L(N, D) = e + a N^-alpha + b D^-beta (Chinchilla's parametric loss), fitted to points (N, D, L).
+
+    The law of an isoFLOP grid: its points differ in N and in D at once, so a curve in N alone
+    cannot describe them (a small model trained on many tokens beats a large one trained on few).
+    """
+
+    e: float
+    a: float
+    alpha: float
+    b: float
+    beta: float
+    rmse: float
+    max_rel_error: float
+
+    def __call__(self, n, d):
+        n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+        return self.e + self.a * n ** -self.alpha + self.b * d ** -self.beta
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        return f"L(N, D) = {self.e:.4g} + {self.a:.4g} N^-{self.alpha:.4f} + {self.b:.4g} D^-{self.beta:.4f}"
+
+
+def _solve_nonneg(cols: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares with every coefficient >= 0 (few columns: the best feasible subset of them)."""
+    k = cols.shape[1]
+    best, best_err = np.zeros(k), float(np.dot(y * w, y * w))
+    for mask in range(1, 1 << k):
+        idx = [j for j in range(k) if mask >> j & 1]
+        A = cols[:, idx] * w[:, None]
+        coef, *_ = np.linalg.lstsq(A, y * w, rcond=None)
+        if np.any(coef < 0):
+            continue
+        r = A @ coef - y * w
+        err = float(np.dot(r, r))
+        if err < best_err:
+            best, best_err = np.zeros(k), err
+            best[idx] = coef
+    return best, best_err
+
+
+def fit_surface(n, d, loss, *, exponent_range: tuple[float, float] = (0.02, 2.0)) -> SurfaceLaw:
+    """Least-squares L(N, D) = e + a N^-alpha + b D^-beta (e, a, b >= 0; relative residuals).
+
+    For fixed (alpha, beta) the law is linear in (e, a, b): a non-negative three-column solve. The
+    exponents come from a grid in log space, then a pattern search from its best cell.
+    """
+    x0, z0 = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    y = np.asarray(loss, dtype=float)
+    if not (x0.shape == z0.shape == y.shape) or len(y) < 5:
+        raise ValueError("a loss surface L(N, D) needs at least 5 points")
+    if len(set(x0.tolist())) < 2 or len(set(z0.tolist())) < 2:
+        raise ValueError("a loss surface L(N, D) needs at least 2 distinct N and 2 distinct D")
+    if np.any(x0 <= 0) or np.any(z0 <= 0) or not np.all(np.isfinite(y)):
+        raise ValueError("N and D must be positive and every loss finite")
+    sn, sd = float(np.exp(np.mean(np.log(x0)))), float(np.exp(np.mean(np.log(z0))))
+    x, z, w = x0 / sn, z0 / sd, 1.0 / y
+
+    def solve(la: float, lb: float):
+        cols = np.stack([np.ones_like(x), x ** -math.exp(la), z ** -math.exp(lb)], axis=1)
+        return _solve_nonneg(cols, y, w)
+
+    lo, hi = math.log(exponent_range[0]), math.log(exponent_range[1])
+    axis = np.linspace(lo, hi, 40)
+    step = axis[1] - axis[0]
+    best = min(((solve(la, lb)[1], la, lb) for la in axis for lb in axis))
+    # Pattern search: move while a neighbour is better (the minimum can lie along a long shallow ridge,
+    # where the exponents trade off against a, b and e), shrink the step when none is.
+    for _ in range(300):
+        _, ca, cb = best
+        local = np.linspace(-step, step, 5)
+        moved = min([best] + [(solve(ca + da, cb + db)[1], ca + da, cb + db)
+                              for da in local for db in local
+                              if (da or db) and lo <= ca + da <= hi and lo <= cb + db <= hi])
+        if moved[0] < best[0]:
+            best = moved
+        elif step > 1e-6:
+            step /= 4
+        else:
+            break
+    _, la, lb = best
+    (e, a, b), _ = solve(la, lb)
+    alpha, beta = math.exp(la), math.exp(lb)
+    law = SurfaceLaw(e=float(e), a=float(a) * sn ** alpha, alpha=alpha, b=float(b) * sd ** beta, beta=beta,
+                     rmse=0.0, max_rel_error=0.0)
+    pred = law(x0, z0)
+    return dataclasses.replace(law, rmse=float(np.sqrt(np.mean((pred - y) ** 2))),
+                               max_rel_error=float(np.max(np.abs(pred - y) / y)))
+
+
+def surface_optimum(law: SurfaceLaw, flops: float, flops_per_token, n_range: tuple[float, float],
+                    reach: float = 1000.0) -> tuple[float, float, float] | None:
+    """(N, D, L) minimising the law on the budget ``flops`` (D = flops / flops_per_token(N)), searched
+    from ``n_range[0] / reach`` to ``n_range[1] * reach``; None when the minimum is at that edge (the
+    law has no optimum the study can speak for)."""
+    u = np.linspace(math.log(n_range[0] / reach), math.log(n_range[1] * reach), 4001)
+    n = np.exp(u)
+    d = flops / np.asarray(flops_per_token(n), dtype=float)
+    loss = law(n, d)
+    i = int(np.argmin(loss))
+    if i in (0, len(u) - 1):
+        return None
+    return float(n[i]), float(d[i]), float(loss[i])

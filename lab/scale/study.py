@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 
 from lab.queue.store import QueueStore
-from lab.scale.fit import fit_power_law, isoflop_optimum, power_fit
+from lab.scale.fit import fit_power_law, fit_surface, isoflop_optimum, power_fit, surface_optimum
 from lab.scale.spec import CHINCHILLA_TOKENS_PER_PARAM, ScaleSpec
 from lm.errors import ConfigError
 
 RESULT_FILE = "scaling.json"
+BUDGET_MARKERS = ("o", "+", "#", "@", "%", "&")
+"""Markers of the measured points, one per isoFLOP budget (the surface law's lines are dotted)."""
 
 
 def result_path(runs_dir: str | Path, name: str) -> Path:
@@ -98,59 +100,106 @@ def collect(spec: ScaleSpec, store: QueueStore) -> dict:
     done = [q for q in points if q["val_loss"] is not None and math.isfinite(q["val_loss"])]
     out: dict = {"study": spec.name, "file": str(spec.path), "base": str(spec.base), "rule": spec.rule,
                  "written": time.time(), "points": points, "fit": None, "isoflop": [], "warnings": []}
-    # L(N): one point per size, its lowest loss (the most tokens it saw in the study).
-    by_n: dict[int, dict] = {}
-    for q in done:
-        if q["n"] not in by_n or q["val_loss"] < by_n[q["n"]]["val_loss"]:
-            by_n[q["n"]] = q
-    if len(by_n) >= 3:
-        ns = sorted(by_n)
-        law = fit_power_law(ns, [by_n[n]["val_loss"] for n in ns])
-        out["fit"] = {**law.to_dict(), "text": law.text(), "points": [by_n[n]["index"] for n in ns]}
-        for q in points:
-            if q["val_loss"] is not None:
-                pred = float(law(q["n"]))
-                q["fit_loss"] = pred
-                q["fit_error"] = (pred - q["val_loss"]) / q["val_loss"]
-    else:
-        out["warnings"].append(f"only {len(by_n)} sizes finished; a fit of L(N) = a N^-alpha + c needs 3")
-    # isoFLOP: each budget's optimum, then N_opt and D_opt against C.
-    optimum_d: dict[float, float] = {}
-    if spec.rule == "isoflop":
-        for b in sorted({q["budget"] for q in points}):
-            qs = [q for q in done if q["budget"] == b]
-            opt = isoflop_optimum(b, [q["n"] for q in qs], [q["tokens"] for q in qs], [q["val_loss"] for q in qs])
-            if opt is None:
-                out["warnings"].append(f"budget {b:.3g} FLOPs: no interior minimum among its {len(qs)} finished "
-                                       f"points (need 3, curving up on both sides)")
-                continue
-            out["isoflop"].append(opt.to_dict())
-            optimum_d[b] = opt.d_opt
-            if not opt.inside:
-                out["warnings"].append(f"budget {b:.3g} FLOPs: the optimum N = {opt.n_opt:.3g} lies outside the "
-                                       f"sizes trained (extrapolated)")
-        opts = out["isoflop"]
-        if len(opts) >= 2:
-            n_fit = power_fit([o["flops"] for o in opts], [o["n_opt"] for o in opts])
-            d_fit = power_fit([o["flops"] for o in opts], [o["d_opt"] for o in opts])
-            out["optimal_scaling"] = {"n_opt": {"k": n_fit[0], "exponent": n_fit[1]},
-                                      "d_opt": {"k": d_fit[0], "exponent": d_fit[1]}}
+    optimum_d = _fit_isoflop(out, points, done) if spec.rule == "isoflop" else _fit_sizes(out, points, done)
     # Points trained far past their compute-optimal token count.
     for q in points:
-        if spec.rule == "isoflop" and q["budget"] in optimum_d:
+        if q["budget"] in optimum_d:
             ref, why = optimum_d[q["budget"]], "this budget's compute-optimal D"
         else:
             ref, why = CHINCHILLA_TOKENS_PER_PARAM * q["n"], f"{CHINCHILLA_TOKENS_PER_PARAM:g} tokens per non-embedding parameter"
         q["tokens_over_optimal"] = q["tokens"] / ref if ref > 0 else None
         q["past_optimal"] = bool(q["tokens_over_optimal"] and q["tokens_over_optimal"] > spec.past_optimal)
         if q["past_optimal"]:
+            moral = ("a larger model would have done better with the same compute" if spec.rule == "isoflop" else
+                     "the law is fitted at equal tokens per size, so such a point measures data, not size")
             out["warnings"].append(f"{q['label']}: trained on {q['tokens']:,} tokens, {q['tokens_over_optimal']:.1f}x "
-                                   f"{why} ({ref:,.0f}); the law is fitted at equal tokens per size, so such a "
-                                   f"point measures data, not size")
+                                   f"{why} ({ref:,.0f}); {moral}")
     for q in points:
         if q["status"] not in ("done",):
             out["warnings"].append(f"{q['label']}: {q['status']} ({q['run_state']}); left out of the fit")
     return out
+
+
+def _fit_sizes(out: dict, points: list[dict], done: list[dict]) -> dict:
+    """L(N) = a N^-alpha + c through each size's lowest loss (the most tokens it saw in the study)."""
+    by_n: dict[int, dict] = {}
+    for q in done:
+        if q["n"] not in by_n or q["val_loss"] < by_n[q["n"]]["val_loss"]:
+            by_n[q["n"]] = q
+    if len(by_n) < 3:
+        out["warnings"].append(f"only {len(by_n)} sizes finished; a fit of L(N) = a N^-alpha + c needs 3")
+        return {}
+    ns = sorted(by_n)
+    law = fit_power_law(ns, [by_n[n]["val_loss"] for n in ns])
+    out["fit"] = {"kind": "L(N)", **law.to_dict(), "text": law.text(), "points": [by_n[n]["index"] for n in ns]}
+    for q in points:
+        if q["val_loss"] is not None:
+            _fit_error(q, float(law(q["n"])))
+    return {}
+
+
+def _fit_error(q: dict, pred: float) -> None:
+    q["fit_loss"] = pred
+    q["fit_error"] = (pred - q["val_loss"]) / q["val_loss"]
+
+
+def _fit_isoflop(out: dict, points: list[dict], done: list[dict]) -> dict[float, float]:
+    """An isoFLOP grid: the loss surface L(N, D) through every point, and each budget's optimum.
+
+    A budget's optimum is the vertex of a parabola in log N through its points when the vertex lies
+    among the sizes trained (what the grid measured); otherwise the budget's lowest loss sits at an
+    edge of the grid, and the optimum is the surface law's, marked as an extrapolation. Returns each
+    budget's compute-optimal D (for the past-optimal warnings).
+    """
+    law = None
+    if len(done) >= 5 and len({q["n"] for q in done}) >= 2 and len({q["tokens"] for q in done}) >= 2:
+        law = fit_surface([q["n"] for q in done], [q["tokens"] for q in done], [q["val_loss"] for q in done])
+        out["fit"] = {"kind": "L(N, D)", **law.to_dict(), "text": law.text(), "points": [q["index"] for q in done]}
+        for q in done:
+            _fit_error(q, float(law(q["n"], q["tokens"])))
+    else:
+        out["warnings"].append(f"only {len(done)} points finished; a loss surface L(N, D) needs 5, "
+                               "with at least 2 sizes and 2 token counts")
+    sizes = sorted({q["n"]: q["flops"] / q["tokens"] for q in points}.items())
+    fpt = power_fit([n for n, _ in sizes], [f for _, f in sizes])  # FLOPs per token against N
+    optimum_d: dict[float, float] = {}
+    for b in sorted({q["budget"] for q in points}):
+        qs = sorted((q for q in done if q["budget"] == b), key=lambda q: q["n"])
+        if not qs:
+            continue
+        opt = isoflop_optimum(b, [q["n"] for q in qs], [q["tokens"] for q in qs], [q["val_loss"] for q in qs])
+        best = min(qs, key=lambda q: q["val_loss"])
+        edge = "below" if best is qs[0] else "above" if best is qs[-1] else None
+        entry = {"flops": b, "points": len(qs), "best": best["label"], "edge": edge}
+        if opt is not None and opt.inside:
+            entry.update(n_opt=opt.n_opt, d_opt=opt.d_opt, loss_opt=opt.loss_opt, inside=True, method="parabola")
+        else:
+            side = {"below": f"the smallest size trained ({best['label']})", "above":
+                    f"the largest size trained ({best['label']})"}.get(edge, "no interior minimum")
+            at = law_opt = None
+            if law is not None and fpt is not None:
+                law_opt = surface_optimum(law, b, lambda n: fpt[0] * n ** fpt[1], (qs[0]["n"], qs[-1]["n"]))
+            if law_opt is not None:
+                n_opt, d_opt, loss_opt = law_opt
+                entry.update(n_opt=n_opt, d_opt=d_opt, loss_opt=loss_opt, inside=False, method="surface law")
+                at = f"; the surface law puts it at N = {n_opt:.3g}, D = {d_opt:.3g} tokens (extrapolated)"
+            out["warnings"].append(
+                f"budget {b:.3g} FLOPs: the lowest loss is at {side}, so the optimum lies "
+                f"{'below' if edge == 'below' else 'above' if edge == 'above' else 'outside'} the sizes trained"
+                + (at or "; no optimum can be given") + f"; add {'smaller' if edge == 'below' else 'larger'} "
+                "sizes to measure it")
+        out["isoflop"].append(entry)
+        if "d_opt" in entry:
+            optimum_d[b] = entry["d_opt"]
+    measured = [o for o in out["isoflop"] if o.get("inside")]
+    usable = measured if len(measured) >= 2 else [o for o in out["isoflop"] if "n_opt" in o]
+    if len(usable) >= 2:
+        n_fit = power_fit([o["flops"] for o in usable], [o["n_opt"] for o in usable])
+        d_fit = power_fit([o["flops"] for o in usable], [o["d_opt"] for o in usable])
+        out["optimal_scaling"] = {"n_opt": {"k": n_fit[0], "exponent": n_fit[1]},
+                                  "d_opt": {"k": d_fit[0], "exponent": d_fit[1]},
+                                  "from": "measured optima" if usable is measured else "optima incl. extrapolated"}
+    return optimum_d
 
 
 def report_table(result: dict):
@@ -181,22 +230,36 @@ def report_plot(result: dict, *, width: int | None = None, height: int | None = 
     done = sorted((q for q in result["points"] if q["val_loss"] is not None), key=lambda q: q["n"])
     curves = []
     budgets = sorted({q["budget"] for q in done if q["budget"] is not None})
+    surface = (result.get("fit") or {}).get("kind") == "L(N, D)"
     if budgets:
-        for b in budgets:
+        for i, b in enumerate(budgets):
             qs = [q for q in done if q["budget"] == b]
-            curves.append(Curve(f"C = {b:.1e}", [q["n"] for q in qs], [q["val_loss"] for q in qs], lines=True))
+            # Under a surface law's dotted lines the measured points stand alone, one marker per budget.
+            curves.append(Curve(f"C = {b:.1e}", [q["n"] for q in qs], [q["val_loss"] for q in qs],
+                                marker=BUDGET_MARKERS[i % len(BUDGET_MARKERS)] if surface else None,
+                                lines=not surface))
     else:
         curves.append(Curve("val loss", [q["n"] for q in done], [q["val_loss"] for q in done], marker="o",
                             lines=False))
     fit = result.get("fit")
-    if fit and done:  # drawn first, so the measured points stay visible on top of it
-        xs = np.geomspace(min(q["n"] for q in done), max(q["n"] for q in done), 40)
+    lo, hi = (min(q["n"] for q in done), max(q["n"] for q in done)) if done else (1.0, 1.0)
+    if fit and done and fit.get("kind") == "L(N, D)":  # the surface along each budget, under its points
+        sizes = sorted({q["n"]: q["flops"] / q["tokens"] for q in result["points"]}.items())
+        ns, fpt = np.array([n for n, _ in sizes], dtype=float), np.array([f for _, f in sizes], dtype=float)
+        xs = np.geomspace(lo, hi, 40)
+        per_token = np.exp(np.interp(np.log(xs), np.log(ns), np.log(fpt)))
+        for b in reversed(budgets):
+            ys = fit["e"] + fit["a"] * xs ** -fit["alpha"] + fit["b"] * (b / per_token) ** -fit["beta"]
+            curves.insert(0, Curve(f"law at C = {b:.1e}", xs.tolist(), ys.tolist(), marker=".", lines=True))
+    elif fit and done:  # drawn first, so the measured points stay visible on top of it
+        xs = np.geomspace(lo, hi, 40)
         ys = fit["a"] * xs ** -fit["alpha"] + fit["c"]
         curves.insert(0, Curve(f"fit {fit['text']}", xs.tolist(), ys.tolist(), lines=True))
-    if result.get("isoflop"):
-        o = result["isoflop"]
-        curves.append(Curve("compute-optimal", [x["n_opt"] for x in o], [x["loss_opt"] for x in o], marker="x",
-                            lines=False))
+    # Optima far outside the sizes trained would squeeze the measured points into a corner.
+    shown = [o for o in result.get("isoflop", []) if "n_opt" in o and lo / 4 <= o["n_opt"] <= hi * 4]
+    if shown:
+        curves.append(Curve("compute-optimal", [x["n_opt"] for x in shown], [x["loss_opt"] for x in shown],
+                            marker="x", lines=False))
     return render_plot(curves, title=f"scaling {result['study']}: val loss vs non-embedding params",
                        xlabel="N (non-embedding parameters)", ylabel="val loss", xlog=True, width=width,
                        height=height, color=color)
