@@ -264,8 +264,9 @@ class Engine:
 
     @property
     def active(self) -> int:
-        """Slots holding a request."""
-        return sum(s.request is not None for s in self.slots)
+        """Slots holding a request that is still decoding (one that just finished is retired right after
+        its last token reaches its reader, so a client can see its reply before the slot is free)."""
+        return sum(s.request is not None and not s.request.done for s in self.slots)
 
     def pending(self) -> int:
         """Requests waiting for a slot."""
