@@ -248,9 +248,10 @@ def report_plot(result: dict, *, width: int | None = None, height: int | None = 
         ns, fpt = np.array([n for n, _ in sizes], dtype=float), np.array([f for _, f in sizes], dtype=float)
         xs = np.geomspace(lo, hi, 40)
         per_token = np.exp(np.interp(np.log(xs), np.log(ns), np.log(fpt)))
-        for b in reversed(budgets):
+        for i, b in reversed(list(enumerate(budgets))):  # one legend entry for all: they share a marker
             ys = fit["e"] + fit["a"] * xs ** -fit["alpha"] + fit["b"] * (b / per_token) ** -fit["beta"]
-            curves.insert(0, Curve(f"law at C = {b:.1e}", xs.tolist(), ys.tolist(), marker=".", lines=True))
+            curves.insert(0, Curve("" if i else "law L(N, D), a line per C", xs.tolist(), ys.tolist(), marker=".",
+                                   lines=True))
     elif fit and done:  # drawn first, so the measured points stay visible on top of it
         xs = np.geomspace(lo, hi, 40)
         ys = fit["a"] * xs ** -fit["alpha"] + fit["c"]
