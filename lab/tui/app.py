@@ -87,7 +87,10 @@ class LabApp(App[int]):
         self.query_one("#tabs", TabbedContent).active = tab
 
     async def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        # A pane built now gets its focus from its own Show event (LabPane).
+        # A pane built now gets its focus from its own Show event (LabPane). An activation still queued
+        # when the app shuts down finds the tabs already removed: there is nothing left to build.
+        if not self.query("#tabs"):
+            return
         await self.ensure_pane(event.pane.id or "")
 
     def action_focus_tabs(self) -> None:
