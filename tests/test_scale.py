@@ -312,3 +312,25 @@ def test_an_isoflop_budget_whose_best_point_is_the_smallest_size_says_so_and_ext
     plot = report_plot(result, width=100, height=24, color=False)
     axis = [float(t) for t in plot.splitlines()[-2].split()]  # the x tick labels
     assert min(axis) >= ns[0] / 4
+
+
+def test_an_isoflop_budget_without_a_clear_minimum_says_so_instead_of_guessing_an_edge(tmp_path, monkeypatch):
+    """Best point inside the grid but losses that do not curve up around it (noise): the budget gets no
+    measured optimum, and the warning says why and what would show one, not 'add smaller sizes'."""
+    from lab.queue.store import QueueStore
+    from lab.scale.study import collect, enqueue
+
+    monkeypatch.chdir(tmp_path)
+    sizes = ("[{ d_model = 32, num_layers = 2 }, { d_model = 48, num_layers = 2 }, { d_model = 64, num_layers = 3 }, "
+             "{ d_model = 96, num_layers = 3 }]")
+    spec = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [1e11, 1e13]', sizes=sizes))
+    store = QueueStore(tmp_path / "runs")
+    enqueue(spec, store)
+    ns = sorted({p.n for p in spec.points})
+    zigzag = dict(zip(ns, (1.9, 1.80, 1.95, 1.81)))  # the 1e11 budget: lowest at the 2nd size, no parabola minimum
+    _fake_finished_runs(tmp_path, spec, store, lambda n, d: zigzag[n] if d < 1e6 else 1.5 + 10 * n ** -0.3 + 53 * d ** -0.3)
+    low = min(collect(spec, store)["isoflop"], key=lambda o: o["flops"])
+    assert low["edge"] is None and not low.get("inside")
+    warning = next(w for w in collect(spec, store)["warnings"] if w.startswith("budget 1e+11"))
+    assert "no clear minimum" in warning and "more sizes near its best point" in warning
+    assert "add smaller" not in warning and "add larger" not in warning

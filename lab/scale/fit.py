@@ -9,8 +9,8 @@ off the way an unconstrained Levenberg-Marquardt can on 4-6 points.
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np

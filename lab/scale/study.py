@@ -162,6 +162,8 @@ def _fit_isoflop(out: dict, points: list[dict], done: list[dict]) -> dict[float,
                                "with at least 2 sizes and 2 token counts")
     sizes = sorted({q["n"]: q["flops"] / q["tokens"] for q in points}.items())
     fpt = power_fit([n for n, _ in sizes], [f for _, f in sizes])  # FLOPs per token against N
+    if fpt is not None:  # the plot draws the law along each budget with the same model
+        out["flops_per_token"] = {"k": fpt[0], "exponent": fpt[1]}
     optimum_d: dict[float, float] = {}
     for b in sorted({q["budget"] for q in points}):
         qs = sorted((q for q in done if q["budget"] == b), key=lambda q: q["n"])
@@ -174,8 +176,6 @@ def _fit_isoflop(out: dict, points: list[dict], done: list[dict]) -> dict[float,
         if opt is not None and opt.inside:
             entry.update(n_opt=opt.n_opt, d_opt=opt.d_opt, loss_opt=opt.loss_opt, inside=True, method="parabola")
         else:
-            side = {"below": f"the smallest size trained ({best['label']})", "above":
-                    f"the largest size trained ({best['label']})"}.get(edge, "no interior minimum")
             at = law_opt = None
             if law is not None and fpt is not None:
                 law_opt = surface_optimum(law, b, lambda n: fpt[0] * n ** fpt[1], (qs[0]["n"], qs[-1]["n"]))
@@ -183,11 +183,15 @@ def _fit_isoflop(out: dict, points: list[dict], done: list[dict]) -> dict[float,
                 n_opt, d_opt, loss_opt = law_opt
                 entry.update(n_opt=n_opt, d_opt=d_opt, loss_opt=loss_opt, inside=False, method="surface law")
                 at = f"; the surface law puts it at N = {n_opt:.3g}, D = {d_opt:.3g} tokens (extrapolated)"
-            out["warnings"].append(
-                f"budget {b:.3g} FLOPs: the lowest loss is at {side}, so the optimum lies "
-                f"{'below' if edge == 'below' else 'above' if edge == 'above' else 'outside'} the sizes trained"
-                + (at or "; no optimum can be given") + f"; add {'smaller' if edge == 'below' else 'larger'} "
-                "sizes to measure it")
+            if edge is None:  # the best point is inside, but the losses do not curve up around it
+                why = ("its losses have no clear minimum (the parabola through them has its vertex outside the "
+                       "sizes trained)")
+                fix = "more sizes near its best point, or longer evaluations (less noise), would show one"
+            else:
+                why = (f"the lowest loss is at the {'smallest' if edge == 'below' else 'largest'} size trained "
+                       f"({best['label']}), so the optimum lies {edge} the sizes trained")
+                fix = f"add {'smaller' if edge == 'below' else 'larger'} sizes to measure it"
+            out["warnings"].append(f"budget {b:.3g} FLOPs: {why}{at or '; no optimum can be given'}; {fix}")
         out["isoflop"].append(entry)
         if "d_opt" in entry:
             optimum_d[b] = entry["d_opt"]
@@ -244,10 +248,9 @@ def report_plot(result: dict, *, width: int | None = None, height: int | None = 
     fit = result.get("fit")
     lo, hi = (min(q["n"] for q in done), max(q["n"] for q in done)) if done else (1.0, 1.0)
     if fit and done and fit.get("kind") == "L(N, D)":  # the surface along each budget, under its points
-        sizes = sorted({q["n"]: q["flops"] / q["tokens"] for q in result["points"]}.items())
-        ns, fpt = np.array([n for n, _ in sizes], dtype=float), np.array([f for _, f in sizes], dtype=float)
         xs = np.geomspace(lo, hi, 40)
-        per_token = np.exp(np.interp(np.log(xs), np.log(ns), np.log(fpt)))
+        fpt = result.get("flops_per_token") or {"k": 6.0, "exponent": 1.0}
+        per_token = fpt["k"] * xs ** fpt["exponent"]
         for i, b in reversed(list(enumerate(budgets))):  # one legend entry for all: they share a marker
             ys = fit["e"] + fit["a"] * xs ** -fit["alpha"] + fit["b"] * (b / per_token) ** -fit["beta"]
             curves.insert(0, Curve("" if i else "law L(N, D), a line per C", xs.tolist(), ys.tolist(), marker=".",
