@@ -11,6 +11,7 @@ import torch
 
 from lm.config.loader import load_experiment
 from lm.errors import LabError
+from lm.runs import RunDir
 from lm.train import run_experiment
 from lm.train.failures import explain
 from test_train_cli import experiment, final_weights
@@ -36,8 +37,7 @@ def train(exp: Path, run_dir: Path, *overrides: str) -> list[bool]:
 
 
 def start_event(run_dir: Path) -> dict:
-    lines = (run_dir / "events.jsonl").read_text().splitlines()
-    return next(r for r in map(json.loads, lines) if r["event"] == "start")
+    return next(r for r in RunDir(run_dir).events() if r["event"] == "start")
 
 
 def test_a_deterministic_run_turns_torch_determinism_on_and_the_next_run_turns_it_off(tmp_path):

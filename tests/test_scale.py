@@ -283,14 +283,10 @@ def test_isoflop_study_collects_optima_fit_and_past_optimal_warnings(tmp_path, m
         enqueue(changed, store)
 
 
-def test_an_isoflop_budget_whose_best_point_is_the_smallest_size_says_so_and_extrapolates_only_by_the_law(
-        tmp_path, monkeypatch):
-    """Sizes all above a budget's optimum (the shipped TinyShakespeare grid at 1e12 FLOPs did this): the
-    budget's parabola has no interior vertex, so its optimum comes from the surface law, marked as an
-    extrapolation below the grid, with a warning that says to add smaller sizes, and the plot's axis
-    stays on the sizes trained (an optimum at N = 0.03 once squeezed every point into one column)."""
+def _queued_four_size_grid(tmp_path: Path, monkeypatch):
+    """An isoFLOP study of 4 sizes (21K..332K non-embedding) at 1e11 and 1e13 FLOPs, its points queued."""
     from lab.queue.store import QueueStore
-    from lab.scale.study import collect, enqueue, report_plot
+    from lab.scale.study import enqueue
 
     monkeypatch.chdir(tmp_path)
     sizes = ("[{ d_model = 32, num_layers = 2 }, { d_model = 48, num_layers = 2 }, { d_model = 64, num_layers = 3 }, "
@@ -298,6 +294,18 @@ def test_an_isoflop_budget_whose_best_point_is_the_smallest_size_says_so_and_ext
     spec = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [1e11, 1e13]', sizes=sizes))
     store = QueueStore(tmp_path / "runs")
     enqueue(spec, store)
+    return spec, store
+
+
+def test_an_isoflop_budget_whose_best_point_is_the_smallest_size_says_so_and_extrapolates_only_by_the_law(
+        tmp_path, monkeypatch):
+    """Sizes all above a budget's optimum (the shipped TinyShakespeare grid at 1e12 FLOPs did this): the
+    budget's parabola has no interior vertex, so its optimum comes from the surface law, marked as an
+    extrapolation below the grid, with a warning that says to add smaller sizes, and the plot's axis
+    stays on the sizes trained (an optimum at N = 0.03 once squeezed every point into one column)."""
+    from lab.scale.study import collect, report_plot
+
+    spec, store = _queued_four_size_grid(tmp_path, monkeypatch)
     # Chinchilla's closed form puts this law's optimum near N = 8K at 1e11 FLOPs (below the 21K smallest
     # size) and near 80K at 1e13 (inside the grid).
     _fake_finished_runs(tmp_path, spec, store, lambda n, d: 1.5 + 10 * n ** -0.3 + 53 * d ** -0.3)
@@ -317,20 +325,15 @@ def test_an_isoflop_budget_whose_best_point_is_the_smallest_size_says_so_and_ext
 def test_an_isoflop_budget_without_a_clear_minimum_says_so_instead_of_guessing_an_edge(tmp_path, monkeypatch):
     """Best point inside the grid but losses that do not curve up around it (noise): the budget gets no
     measured optimum, and the warning says why and what would show one, not 'add smaller sizes'."""
-    from lab.queue.store import QueueStore
-    from lab.scale.study import collect, enqueue
+    from lab.scale.study import collect
 
-    monkeypatch.chdir(tmp_path)
-    sizes = ("[{ d_model = 32, num_layers = 2 }, { d_model = 48, num_layers = 2 }, { d_model = 64, num_layers = 3 }, "
-             "{ d_model = 96, num_layers = 3 }]")
-    spec = load_scale(_write_study(tmp_path, 'rule = "isoflop"\nflops = [1e11, 1e13]', sizes=sizes))
-    store = QueueStore(tmp_path / "runs")
-    enqueue(spec, store)
+    spec, store = _queued_four_size_grid(tmp_path, monkeypatch)
     ns = sorted({p.n for p in spec.points})
     zigzag = dict(zip(ns, (1.9, 1.80, 1.95, 1.81)))  # the 1e11 budget: lowest at the 2nd size, no parabola minimum
     _fake_finished_runs(tmp_path, spec, store, lambda n, d: zigzag[n] if d < 1e6 else 1.5 + 10 * n ** -0.3 + 53 * d ** -0.3)
-    low = min(collect(spec, store)["isoflop"], key=lambda o: o["flops"])
+    result = collect(spec, store)
+    low = min(result["isoflop"], key=lambda o: o["flops"])
     assert low["edge"] is None and not low.get("inside")
-    warning = next(w for w in collect(spec, store)["warnings"] if w.startswith("budget 1e+11"))
+    warning = next(w for w in result["warnings"] if w.startswith("budget 1e+11"))
     assert "no clear minimum" in warning and "more sizes near its best point" in warning
     assert "add smaller" not in warning and "add larger" not in warning
