@@ -185,18 +185,21 @@ from lm.decode.torch_step import TorchStep, joint_kv_caches
 from lm.model import ModelConfig, TransformerLM
 base = ModelConfig(vocab_size=40, context_length=80, d_model=32, num_layers=1, num_heads=2, d_ff=48)
 worst = 0.0
-for change in ({}, {"position": "nope", "ffn": "silu", "d_ff": None}, {"norm": "none", "tie_embeddings": True}):
+for change, batch in (({}, 1), ({}, 3), ({"position": "nope", "ffn": "silu", "d_ff": None}, 2),
+                      ({"norm": "none", "tie_embeddings": True}, 1)):
     cfg = dataclasses.replace(base, **change)
     torch.manual_seed(0)
     model = TransformerLM(cfg).eval()
-    c_ref, c_new = joint_kv_caches(model), joint_kv_caches(model)
+    c_ref, c_new = joint_kv_caches(model, batch), joint_kv_caches(model, batch)
     ref, new = TorchStep(model, c_ref), TritonStep(model, c_new)
     with torch.no_grad():
         for p in (0, 1, 2, 63, 64, 65, 79):  # attention blocks of 64 slots: one, then two
-            tok, pos = torch.tensor([p % 40]), torch.tensor([p])
-            out = torch.zeros(cfg.vocab_size)
-            want = ref(tok, pos)[0]
-            worst = max(worst, (new(tok, pos, None, out)[0] - want).abs().max().item(), (out - want).abs().max().item())
+            # Each row at its own position (row 1 behind row 0, row 2 at the end of the cache) and token.
+            pos = torch.tensor([p, max(0, p - 40), 79 - p][:batch])
+            tok = (pos * 7 + torch.arange(batch)) % 40
+            out = torch.zeros(batch, cfg.vocab_size)
+            want = ref(tok, pos)
+            worst = max(worst, (new(tok, pos, None, out) - want).abs().max().item(), (out - want).abs().max().item())
     worst = max(worst, max(max((a.k - b.k).abs().max().item(), (a.v - b.v).abs().max().item())
                            for a, b in zip(c_ref, c_new)))
 sampler = TritonSampler(40, "cpu")

@@ -17,8 +17,8 @@ then reads their tokens while the next chunk runs (``depth`` chunks in flight).
 The noise of a row's sampler is a function of its seed and the token's index in
 the reply (:func:`lm.decode.sampling.race_noise`), and a row reads only its
 own cache row, so a request gets the same tokens eager or replayed, alone or
-batched, in any slot. At batch 1 on CUDA the step runs in Triton kernels
-(:mod:`lm.decode.triton_step`) where they cover the model; elsewhere in torch
+batched, in any slot. On CUDA the step runs in Triton kernels
+(:mod:`lm.decode.triton_step`, any batch) where they cover the model; elsewhere in torch
 (:mod:`lm.decode.torch_step`).
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import secrets
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,7 +35,7 @@ import torch
 
 from lm.decode.sampling import SamplingParams, race_noise, sample_rows, token_keys
 from lm.decode.torch_step import TorchStep, joint_kv_caches, torch_step_problem
-from lm.decode.triton_step import TritonSampler, TritonStep, triton_step_problem, triton_usable
+from lm.decode.triton_step import TritonSampler, TritonStep, precompile, triton_step_problem, triton_usable
 from lm.errors import LabError
 
 # When prompt + output outgrow the context, keep this fraction of it (the most recent tokens).
@@ -52,7 +53,7 @@ GRAPH_PREFILL_MAX_ALONE = 256
 # The torch step attends over the first `window` cache slots, a power of two from this up to
 # the context: a short text does not scan the whole cache, and a reply needs only a few graphs.
 MIN_WINDOW = 128
-# How the step runs: "auto" (Triton kernels at batch 1 on CUDA where they cover the model), "triton", "torch".
+# How the step runs: "auto" (Triton kernels on CUDA where they cover the model), "triton", "torch".
 KERNELS = ("auto", "triton", "torch")
 # Rows of the engine's integer state (one column per slot).
 TOKEN, POSITION, DRAWS, SEED, TOP_K, STOP_AT, LIVE = range(7)
@@ -185,7 +186,7 @@ class _Chunk:
 class Engine:
     """Continuous-batching decoder of one model over ``max_batch`` KV-cache slots (see the module doc).
 
-    ``kernels``: ``"auto"`` uses the Triton step at batch 1 on CUDA where Triton
+    ``kernels``: ``"auto"`` uses the Triton step on CUDA where Triton
     covers the model, else the torch step; ``"torch"`` never uses Triton;
     ``"triton"`` raises LabError where it cannot run. ``step_kind`` says which
     runs. ``cuda_graphs`` (default: on CUDA) replays captured steps. Puts the
@@ -211,13 +212,11 @@ class Engine:
         with torch.no_grad():
             self.caches = joint_kv_caches(model, B)
         self.slot_caches = [[_SlotCache(c.k[b:b + 1], c.v[b:b + 1]) for c in self.caches] for b in range(B)]
-        self.triton_problem = ("not asked for" if kernels == "torch" else
-                               "the Triton step decodes one sequence at a time (max_batch 1)" if B > 1 else
-                               triton_step_problem(model))
+        self.triton_problem = "not asked for" if kernels == "torch" else triton_step_problem(model)
         if kernels == "triton" and self.triton_problem is not None:
             raise LabError(f"the Triton decode step cannot run this model: {self.triton_problem}")
         use_triton = self.triton_problem is None
-        self.step_impl = TritonStep(model, self.slot_caches[0]) if use_triton else TorchStep(model, self.caches)
+        self.step_impl = TritonStep(model, self.caches) if use_triton else TorchStep(model, self.caches)
         self.step_kind = "triton" if use_triton else "torch"
         self.state = torch.zeros(7, B, dtype=torch.long, device=dev)  # rows TOKEN .. LIVE, a column per slot
         self.floats = torch.zeros(3, B, dtype=torch.float32, device=dev)  # 1/T, -1/T, top_p
@@ -231,6 +230,8 @@ class Engine:
         if B == 1 and kernels != "torch" and triton_usable(dev):
             self._sampler = TritonSampler(V, dev)
             self._sampler.seed, self._sampler.draws = self.state[SEED, :1], self.state[DRAWS, :1]
+        if use_triton and os.environ.get("LAB_TRITON_PRECOMPILE", "1") != "0":
+            self._precompile()
         # Batched rows attend over the whole cache: a window picked by the batch's longest text would
         # change how a row's attention is reduced (and so its rounding) with who else is in the batch.
         self.min_window = MIN_WINDOW if B == 1 else C
@@ -486,6 +487,27 @@ class Engine:
         step = go.long()
         st[POSITION] += step
         st[DRAWS] += step
+
+    def _precompile(self) -> None:
+        """Compile every Triton kernel a step can launch now, several at once, instead of one after another
+        during the first reply (``LAB_TRITON_PRECOMPILE=0`` leaves it to the first launches).
+
+        The launches are collected from the real step (greedy, and sampling without a nucleus, the two
+        sampler variants), so they have exactly the argument types and constexprs the replies will use;
+        with every row dead the step changes no state.
+        """
+        launches: list[tuple] = []
+        parts = [p for p in (self.step_impl, self._sampler) if isinstance(p, (TritonStep, TritonSampler))]
+        for part in parts:
+            part.collect = launches
+        try:
+            with torch.inference_mode():
+                for greedy in ((True, False) if self._sampler is not None else (True,)):
+                    self._step(StepMode(greedy=greedy, top_k=0, nucleus=False), None)
+        finally:
+            for part in parts:
+                part.collect = None
+        precompile(launches)
 
     def _graph_for(self, mode: StepMode, window: int | None):
         """The CUDA graph of ``_step(mode, window)``, captured on first use; None if capture fails.

@@ -1,29 +1,36 @@
-"""Triton kernels for the batch-1 decode step on CUDA: a layer in six kernels.
+"""Triton kernels for the decode step on CUDA, for any batch of slots: a layer in six kernels.
 
 Profiled on a GPU (timings in docs/performance.md, Decoding), the torch version of the
 step (:class:`lm.decode.torch_step.TorchStep`) is bound by kernel count and by cuBLAS's
 matrix-vector kernels, which cost a fixed few microseconds each whatever their size,
 plus cuDNN attention over a padded window. Here each layer is:
 
-1. RMSNorm + QKV projection + RoPE + writing K and V into the cache at the
-   position (read on the device, so the kernel replays in a CUDA graph);
+1. RMSNorm + QKV projection + RoPE + writing K and V into the cache at each
+   row's position (read on the device, so the kernel replays in a CUDA graph);
 2. attention, split over blocks of cache slots (flash-decoding): each block
-   of slots up to the position gives its max, sum and weighted values;
-3. the combination of those blocks per head;
+   of slots up to the row's position gives its max, sum and weighted values;
+3. the combination of those blocks per (row, head);
 4. output projection + residual add, in place;
 5. RMSNorm + W1 and W3 + SiLU(W1 h) * W3 h;
 6. W2 + residual add, in place.
 
-Every matrix-vector product accumulates in fp32 and rounds its output to the
-model's dtype where ``TransformerLM.forward`` does, so the two agree to the
-dtype's rounding (``bench/decode.py --check`` compares them in fp32 on a GPU).
-Models the kernels do not cover (post-norm) use the torch step.
+At batch B each program of a matrix-vector kernel reads its tile of the weight
+once and multiplies it with all B rows (a step reads the weights once, whatever
+B), and attention reads a row's own cache only up to that row's position, so a
+row's result does not depend on the other rows or on which slot it sits in.
+Every product accumulates in fp32 and rounds its output to the model's dtype
+where ``TransformerLM.forward`` does, so the two agree to the dtype's rounding
+(``bench/decode.py --check`` compares them in fp32 on a GPU; the tests run the
+kernels in Triton's interpreter on the CPU). Models the kernels do not cover
+(post-norm) use the torch step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -33,10 +40,29 @@ try:
 except ImportError:  # no Triton (CPU-only torch, macOS, Windows): the torch step is used
     triton = tl = None
 
-# Cache slots per attention block: each (head, block) is one program; blocks after the position exit at once.
+# Cache slots per attention block: each (row, head, block) is one program; blocks after the position exit at once.
 ATTENTION_BLOCK = 64
-# Rows x columns of the weight tile of each matrix-vector kernel (picked on an H100; see docs/performance.md (Decoding)).
+# Weight rows (QKV: row pairs) x columns per program of each matrix-vector kernel at batch 1 (picked on an
+# H100; see docs/performance.md (Decoding)). At batch B see :func:`tile`.
 TILES = {"qkv": (8, 256), "swiglu": (4, 256), "residual": (2, 1024), "head": (16, 256)}
+# The narrowest column tile :func:`tile` falls back to at large batches.
+MIN_TILE_COLUMNS = 64
+
+
+def tile(kind: str, block_b: int, columns: int) -> tuple[int, int]:
+    """Weight rows and columns per program of ``kind``'s kernel for ``block_b`` rows of input over ``columns``.
+
+    A program keeps block_b x rows x columns fp32 partial sums; at batch B it
+    takes fewer weight rows (then narrower columns) so that stays what batch 1
+    uses, and the registers per program stay the same at every batch.
+    """
+    rows, cols = TILES[kind]
+    budget = rows * cols
+    rows = max(1, rows // block_b)
+    cols = min(cols, _pow2(columns))
+    while block_b * rows * cols > budget and cols > MIN_TILE_COLUMNS:
+        cols //= 2
+    return rows, cols
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -65,41 +91,59 @@ def triton_step_problem(model: torch.nn.Module) -> str | None:
 
 if triton is not None:
     @triton.jit
-    def _rms_scale(x_ptr, D: tl.constexpr, eps, BLOCK_K: tl.constexpr):
-        """1 / rms(x) over the D entries of x."""
-        total = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    def _rms_scales(x_ptr, B, D: tl.constexpr, eps, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
+        """1 / rms(x_b) for each row b of x (B, D), as (BLOCK_B,) (rows past B: anything finite)."""
+        b = tl.arange(0, BLOCK_B)
+        total = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + k, mask=k < D, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + b[:, None] * D + k[None, :], mask=(b[:, None] < B) & (k[None, :] < D), other=0.0)
+            x = x.to(tl.float32)
             total += x * x
-        return tl.rsqrt(tl.sum(total, 0) / D + eps)
+        return tl.rsqrt(tl.sum(total, 1) / D + eps)
 
     @triton.jit
-    def _norm_qkv_rope_kernel(x_ptr, g_ptr, w_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, eps, C,
-                              D: tl.constexpr, DH: tl.constexpr, HAS_NORM: tl.constexpr, ROPE: tl.constexpr,
-                              BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Rows [2 P pid, 2 P (pid + 1)) of W_qkv h, as (even, odd) row pairs so RoPE stays in the program."""
-        dtype = w_ptr.dtype.element_ty
-        rows = tl.program_id(0) * 2 * BLOCK_P + 2 * tl.arange(0, BLOCK_P)  # even rows
+    def _input_rows(x_ptr, g_ptr, scale, k, B, D: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK_B: tl.constexpr):
+        """Columns ``k`` of the B rows of x (B, D), RMS-normed with gain g when HAS_NORM (fp32, then rounded
+        to the model's dtype, as the model's RMSNorm does): (BLOCK_B, len(k)) in fp32."""
+        dtype = x_ptr.dtype.element_ty
+        b = tl.arange(0, BLOCK_B)
+        kmask = k < D
+        h = tl.load(x_ptr + b[:, None] * D + k[None, :], mask=(b[:, None] < B) & kmask[None, :], other=0.0)
+        h = h.to(tl.float32)
         if HAS_NORM:
-            scale = _rms_scale(x_ptr, D, eps, BLOCK_K)
-        acc_e = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
-        acc_o = tl.zeros((BLOCK_P, BLOCK_K), dtype=tl.float32)
+            gain = tl.load(g_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+            h = (h * scale[:, None] * gain[None, :]).to(dtype).to(tl.float32)
+        return h
+
+    @triton.jit
+    def _norm_qkv_rope_kernel(x_ptr, g_ptr, w_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, eps, C, B,
+                              D: tl.constexpr, DH: tl.constexpr, HAS_NORM: tl.constexpr, ROPE: tl.constexpr,
+                              BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Rows [2 P pid, 2 P (pid + 1)) of W_qkv h_b for every row b, as (even, odd) row pairs so RoPE stays in
+        the program; q into q (B, D), k and v into the caches (B, H, C, DH) at each row's position."""
+        dtype = w_ptr.dtype.element_ty
+        rows = tl.program_id(0) * 2 * BLOCK_P + 2 * tl.arange(0, BLOCK_P)  # even rows of W
+        b = tl.arange(0, BLOCK_B)
+        bmask = b < B
+        scale = tl.zeros((BLOCK_B,), tl.float32)
+        if HAS_NORM:
+            scale = _rms_scales(x_ptr, B, D, eps, BLOCK_B, BLOCK_K)
+        acc_e = tl.zeros((BLOCK_B, BLOCK_P, BLOCK_K), dtype=tl.float32)
+        acc_o = tl.zeros((BLOCK_B, BLOCK_P, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < D
-            h = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
-            if HAS_NORM:  # the model's RMSNorm: fp32, then rounded to the model's dtype
-                h = (h * scale * tl.load(g_ptr + k, mask=kmask, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+            h = _input_rows(x_ptr, g_ptr, scale, k, B, D, HAS_NORM, BLOCK_B)[:, None, :]
             w_e = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=kmask[None, :], other=0.0)
             w_o = tl.load(w_ptr + (rows[:, None] + 1) * D + k[None, :], mask=kmask[None, :], other=0.0)
-            acc_e += w_e.to(tl.float32) * h[None, :]
-            acc_o += w_o.to(tl.float32) * h[None, :]
-        even = tl.sum(acc_e, 1).to(dtype).to(tl.float32)
-        odd = tl.sum(acc_o, 1).to(dtype).to(tl.float32)
+            acc_e += w_e.to(tl.float32)[None, :, :] * h
+            acc_o += w_o.to(tl.float32)[None, :, :] * h
+        even = tl.sum(acc_e, 2).to(dtype).to(tl.float32)  # (BLOCK_B, BLOCK_P)
+        odd = tl.sum(acc_o, 2).to(dtype).to(tl.float32)
         part = tl.program_id(0) * 2 * BLOCK_P // D  # 0 q, 1 k, 2 v: a program's rows are all one of them
-        col = rows % D  # head * DH + d
-        pos = tl.load(pos_ptr)
+        col = (rows % D)[None, :]  # head * DH + d
+        pos = tl.load(pos_ptr + b, mask=bmask, other=0)[:, None]
         if ROPE:
             if part < 2:
                 pair = (col % DH) // 2
@@ -107,127 +151,136 @@ if triton is not None:
                 s = tl.load(sin_ptr + pos * (DH // 2) + pair).to(dtype).to(tl.float32)
                 even, odd = even * c - odd * s, even * s + odd * c
         if part == 0:
-            dst = q_ptr + col
+            dst = q_ptr + b[:, None] * D + col
         else:
-            slot = (col // DH) * C * DH + pos * DH + col % DH  # cache (1, H, C, DH)
+            slot = b[:, None] * (D * C) + (col // DH) * C * DH + pos * DH + col % DH  # cache (B, H, C, DH)
             if part == 1:
                 dst = k_ptr + slot
             else:
                 dst = v_ptr + slot
-        tl.store(dst, even.to(dtype))
-        tl.store(dst + 1, odd.to(dtype))
+        tl.store(dst, even.to(dtype), mask=bmask[:, None])
+        tl.store(dst + 1, odd.to(dtype), mask=bmask[:, None])
 
     @triton.jit
-    def _attention_block_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, sm_scale, C, NBLOCKS,
+    def _attention_block_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, sm_scale, C, H, NBLOCKS,
                                 DH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-        """Head program_id(0), cache slots [BLOCK_L b, BLOCK_L (b + 1)) with b = program_id(1), up to the position."""
-        head, block = tl.program_id(0), tl.program_id(1)
-        pos = tl.load(pos_ptr)
+        """Head (b, h) = program_id(0) = b H + h, cache slots [BLOCK_L j, BLOCK_L (j + 1)) with j = program_id(1),
+        up to row b's position: the block's max score, sum of exp(score - max) and weighted values."""
+        row, block = tl.program_id(0), tl.program_id(1)
+        pos = tl.load(pos_ptr + row // H)
         start = block * BLOCK_L
         if start <= pos:
             slots = start + tl.arange(0, BLOCK_L)
             d = tl.arange(0, BLOCK_D)
             live = slots <= pos
-            q = tl.load(q_ptr + head * DH + d, mask=d < DH, other=0.0).to(tl.float32)
-            offs = head * C * DH + slots[:, None] * DH + d[None, :]
+            q = tl.load(q_ptr + row * DH + d, mask=d < DH, other=0.0).to(tl.float32)  # q (B, H, DH)
+            offs = row * C * DH + slots[:, None] * DH + d[None, :]  # cache (B, H, C, DH)
             mask = live[:, None] & (d[None, :] < DH)
             k = tl.load(k_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             scores = tl.where(live, tl.sum(k * q[None, :], 1) * sm_scale, float("-inf"))
             m = tl.max(scores, 0)
             e = tl.exp(scores - m)
             v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            out = head * NBLOCKS + block
+            out = row * NBLOCKS + block
             tl.store(m_ptr + out, m)
             tl.store(l_ptr + out, tl.sum(e, 0))
             tl.store(acc_ptr + out * BLOCK_D + d, tl.sum(e[:, None] * v, 0))
 
     @triton.jit
-    def _attention_combine_kernel(m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr, NBLOCKS,
+    def _attention_combine_kernel(m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr, H, NBLOCKS,
                                   DH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-                                  BLOCK_B: tl.constexpr):
-        """softmax(q K^T / sqrt(d)) V of head program_id(0) from its blocks' (max, sum, weighted values)."""
+                                  BLOCK_J: tl.constexpr):
+        """softmax(q K^T / sqrt(d)) V of head (b, h) = program_id(0) from its blocks' (max, sum, weighted values)."""
         dtype = out_ptr.dtype.element_ty
-        head = tl.program_id(0)
-        used = tl.load(pos_ptr) // BLOCK_L + 1
-        b = tl.arange(0, BLOCK_B)
-        bmask = b < used
-        m = tl.load(m_ptr + head * NBLOCKS + b, mask=bmask, other=float("-inf"))
-        weight = tl.where(bmask, tl.exp(m - tl.max(m, 0)), 0.0)
-        total = tl.sum(weight * tl.load(l_ptr + head * NBLOCKS + b, mask=bmask, other=0.0), 0)
+        row = tl.program_id(0)
+        used = tl.load(pos_ptr + row // H) // BLOCK_L + 1
+        j = tl.arange(0, BLOCK_J)
+        jmask = j < used
+        m = tl.load(m_ptr + row * NBLOCKS + j, mask=jmask, other=float("-inf"))
+        weight = tl.where(jmask, tl.exp(m - tl.max(m, 0)), 0.0)
+        total = tl.sum(weight * tl.load(l_ptr + row * NBLOCKS + j, mask=jmask, other=0.0), 0)
         d = tl.arange(0, BLOCK_D)
-        acc = tl.load(acc_ptr + (head * NBLOCKS + b)[:, None] * BLOCK_D + d[None, :], mask=bmask[:, None], other=0.0)
+        acc = tl.load(acc_ptr + (row * NBLOCKS + j)[:, None] * BLOCK_D + d[None, :], mask=jmask[:, None], other=0.0)
         out = tl.sum(weight[:, None] * acc, 0) / total
-        tl.store(out_ptr + head * DH + d, out.to(dtype), mask=d < DH)
+        tl.store(out_ptr + row * DH + d, out.to(dtype), mask=d < DH)
 
     @triton.jit
-    def _gemv_residual_kernel(a_ptr, w_ptr, x_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_K: tl.constexpr):
-        """x += W a for rows [BLOCK_N pid, BLOCK_N (pid + 1)), in place (W a rounded first, as the model does)."""
+    def _gemv_residual_kernel(a_ptr, w_ptr, x_ptr, N, B, K: tl.constexpr, BLOCK_B: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """x_b += W a_b for rows [BLOCK_N pid, BLOCK_N (pid + 1)) of W and every row b of a (B, K) and x (B, N),
+        in place (W a_b rounded first, as the model does)."""
         dtype = w_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        b = tl.arange(0, BLOCK_B)
+        bmask = b < B
+        acc = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < K
-            a = tl.load(a_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+            a = tl.load(a_ptr + b[:, None] * K + k[None, :], mask=bmask[:, None] & kmask[None, :], other=0.0)
             w = tl.load(w_ptr + rows[:, None] * K + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-            acc += w.to(tl.float32) * a[None, :]
-        y = tl.sum(acc, 1).to(dtype).to(tl.float32)
-        x = tl.load(x_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        tl.store(x_ptr + rows, (x + y).to(dtype), mask=rmask)
+            acc += w.to(tl.float32)[None, :, :] * a.to(tl.float32)[:, None, :]
+        y = tl.sum(acc, 2).to(dtype).to(tl.float32)  # (BLOCK_B, BLOCK_N)
+        at = b[:, None] * N + rows[None, :]
+        mask = bmask[:, None] & rmask[None, :]
+        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        tl.store(x_ptr + at, (x + y).to(dtype), mask=mask)
 
     @triton.jit
-    def _norm_ffn_in_kernel(x_ptr, g_ptr, w1_ptr, w3_ptr, out_ptr, eps, N, D: tl.constexpr,
-                            HAS_NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr):
-        """SiLU(W1 h) * W3 h (GATED) or SiLU(W1 h), h = RMSNorm(x), for rows [BLOCK_N pid, BLOCK_N (pid + 1))."""
+    def _norm_ffn_in_kernel(x_ptr, g_ptr, w1_ptr, w3_ptr, out_ptr, eps, N, B, D: tl.constexpr,
+                            HAS_NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_B: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """SiLU(W1 h_b) * W3 h_b (GATED) or SiLU(W1 h_b), h_b = RMSNorm(x_b), for rows [BLOCK_N pid,
+        BLOCK_N (pid + 1)) of W1 and every row b, into out (B, N)."""
         dtype = w1_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
+        b = tl.arange(0, BLOCK_B)
+        scale = tl.zeros((BLOCK_B,), tl.float32)
         if HAS_NORM:
-            scale = _rms_scale(x_ptr, D, eps, BLOCK_K)
-        acc1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        acc3 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            scale = _rms_scales(x_ptr, B, D, eps, BLOCK_B, BLOCK_K)
+        acc1 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < D
-            h = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
-            if HAS_NORM:
-                h = (h * scale * tl.load(g_ptr + k, mask=kmask, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+            h = _input_rows(x_ptr, g_ptr, scale, k, B, D, HAS_NORM, BLOCK_B)[:, None, :]
             wmask = rmask[:, None] & kmask[None, :]
             w1 = tl.load(w1_ptr + rows[:, None] * D + k[None, :], mask=wmask, other=0.0)
-            acc1 += w1.to(tl.float32) * h[None, :]
+            acc1 += w1.to(tl.float32)[None, :, :] * h
             if GATED:
                 w3 = tl.load(w3_ptr + rows[:, None] * D + k[None, :], mask=wmask, other=0.0)
-                acc3 += w3.to(tl.float32) * h[None, :]
-        a = tl.sum(acc1, 1).to(dtype).to(tl.float32)
+                acc3 += w3.to(tl.float32)[None, :, :] * h
+        a = tl.sum(acc1, 2).to(dtype).to(tl.float32)
         out = (a * tl.sigmoid(a)).to(dtype).to(tl.float32)
         if GATED:
-            out = out * tl.sum(acc3, 1).to(dtype).to(tl.float32)
-        tl.store(out_ptr + rows, out.to(dtype), mask=rmask)
+            out = out * tl.sum(acc3, 2).to(dtype).to(tl.float32)
+        tl.store(out_ptr + b[:, None] * N + rows[None, :], out.to(dtype), mask=(b[:, None] < B) & rmask[None, :])
 
     @triton.jit
-    def _norm_head_kernel(x_ptr, g_ptr, w_ptr, out_ptr, raw_ptr, eps, N, D: tl.constexpr, HAS_NORM: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Logits W RMSNorm(x): in the model's dtype into raw, and as fp32 into out."""
+    def _norm_head_kernel(x_ptr, g_ptr, w_ptr, out_ptr, raw_ptr, eps, N, B, D: tl.constexpr, HAS_NORM: tl.constexpr,
+                          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Logits W RMSNorm(x_b) of every row b: in the model's dtype into raw (B, N), and as fp32 into out."""
         dtype = w_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
+        b = tl.arange(0, BLOCK_B)
+        scale = tl.zeros((BLOCK_B,), tl.float32)
         if HAS_NORM:
-            scale = _rms_scale(x_ptr, D, eps, BLOCK_K)
-        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            scale = _rms_scales(x_ptr, B, D, eps, BLOCK_B, BLOCK_K)
+        acc = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < D
-            h = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
-            if HAS_NORM:
-                h = (h * scale * tl.load(g_ptr + k, mask=kmask, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+            h = _input_rows(x_ptr, g_ptr, scale, k, B, D, HAS_NORM, BLOCK_B)[:, None, :]
             w = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-            acc += w.to(tl.float32) * h[None, :]
-        y = tl.sum(acc, 1).to(dtype)
-        tl.store(raw_ptr + rows, y, mask=rmask)
-        tl.store(out_ptr + rows, y.to(tl.float32), mask=rmask)
+            acc += w.to(tl.float32)[None, :, :] * h
+        y = tl.sum(acc, 2).to(dtype)
+        at = b[:, None] * N + rows[None, :]
+        mask = (b[:, None] < B) & rmask[None, :]
+        tl.store(raw_ptr + at, y, mask=mask)
+        tl.store(out_ptr + at, y.to(tl.float32), mask=mask)
 
 
     @triton.jit
@@ -286,10 +339,11 @@ if triton is not None:
 
     @triton.jit
     def _embed_kernel(emb_ptr, token_ptr, x_ptr, D: tl.constexpr, BLOCK: tl.constexpr):
-        """x = the embedding row of the token."""
+        """x_b = the embedding row of token b = program_id(0)."""
+        b = tl.program_id(0)
         k = tl.arange(0, BLOCK)
-        row = tl.load(token_ptr)
-        tl.store(x_ptr + k, tl.load(emb_ptr + row * D + k, mask=k < D), mask=k < D)
+        row = tl.load(token_ptr + b)
+        tl.store(x_ptr + b * D + k, tl.load(emb_ptr + row * D + k, mask=k < D), mask=k < D)
 
 
 def _prefetch_triton_runtime() -> None:
@@ -312,7 +366,7 @@ def _prefetch_triton_runtime() -> None:
         from triton.runtime.driver import driver
 
         driver.active  # noqa: B018 (loads Triton's CUDA helper library; no CUDA call)
-        for kernel in (_rms_scale, _norm_qkv_rope_kernel, _attention_block_kernel, _attention_combine_kernel,
+        for kernel in (_rms_scales, _input_rows, _norm_qkv_rope_kernel, _attention_block_kernel, _attention_combine_kernel,
                        _gemv_residual_kernel, _norm_ffn_in_kernel, _norm_head_kernel, _sample_blocks_kernel,
                        _sample_finish_kernel, _embed_kernel):
             kernel.cache_key  # noqa: B018 (hashes the source once, under Triton's own lock)
@@ -326,24 +380,79 @@ if triton is not None and os.environ.get("LAB_TRITON_PREFETCH", "1") != "0" and 
     _PREFETCH.start()
 
 
+def precompile(launches: list[tuple], threads: int | None = None) -> int:
+    """Compile the kernels of ``launches`` ((kernel, grid, args, kwargs), as :meth:`TritonStep.launches` gives)
+    before their first launch, several at once; returns the number of distinct specializations.
+
+    Triton compiles a kernel at its first launch with new argument types or
+    constexprs, one after another: a step has about eight distinct ones (its
+    layers share theirs), ~0.1-0.5 s each, so a first reply on a machine with
+    an empty Triton cache waited seconds (docs/performance.md, Serving). Most of
+    a compile (MLIR passes, LLVM, ptxas) runs outside the GIL, so on threads they
+    take about as long as the slowest. Errors are left to the real launch, which
+    reports them where they happen. Kernels already in Triton's caches only load.
+    """
+    unique: dict[tuple, tuple] = {}
+    for kernel, grid, args, kwargs in launches:
+        types = tuple(str(a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
+        unique.setdefault((kernel, types, tuple(sorted(kwargs.items()))), (kernel, grid, args, kwargs))
+    by_kernel: dict[object, list[tuple]] = {}
+    for kernel, grid, args, kwargs in unique.values():
+        by_kernel.setdefault(kernel, []).append((grid, args, kwargs))
+    device = next((a.device for *_, args, _ in launches for a in args if isinstance(a, torch.Tensor)), None)
+
+    def compile_kernel(kernel) -> None:
+        # A thread starts on CUDA device 0; Triton keys its kernels by the current device.
+        with torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext():
+            for grid, args, kwargs in by_kernel[kernel]:
+                kernel.warmup(*args, grid=grid, **kwargs)
+
+    kernels = list(by_kernel)
+    try:
+        if kernels:  # the first compile of a process initialises LLVM's targets: not on several threads at once
+            compile_kernel(kernels[0])
+        with ThreadPoolExecutor(threads or max(1, min(len(kernels) - 1, os.cpu_count() or 1))) as pool:
+            list(pool.map(compile_kernel, kernels[1:]))
+    except Exception:  # only a head start: the launch compiles (and reports) whatever is missing
+        pass
+    return len(unique)
+
+
+def _launch(launches: list[tuple], collect: list | None) -> None:
+    if collect is not None:
+        collect.extend(launches)
+        return
+    for kernel, grid, args, kwargs in launches:
+        kernel[grid](*args, **kwargs)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
 class TritonStep:
-    """The batch-1 decode step of ``model`` in Triton kernels: same call as :class:`lm.decode.torch_step.TorchStep`.
+    """The decode step of ``model`` for B slots in Triton kernels: same call as :class:`lm.decode.torch_step.TorchStep`.
 
-    Reads the model's weights and ``caches`` in place (nothing is copied, so
-    weights changed by training or ``load_state_dict`` are seen at once).
-    Attention reads the cache only up to the position, so it needs no window.
+    ``caches``: the model's KV caches for B rows (``joint_kv_caches(model, B)`` or
+    ``model.new_kv_caches(B)``). Reads the model's weights and the caches in
+    place (nothing is copied, so weights changed by training or
+    ``load_state_dict`` are seen at once). Attention reads each row's cache only
+    up to its position, so it needs no window.
     """
 
     uses_windows = False
+    collect: list | None = None
+    """When a list, calls append their launches to it instead of running them (see :func:`precompile`)."""
 
     def __init__(self, model: torch.nn.Module, caches):
         cfg = self.cfg = model.cfg
         self.model = model
         self.caches = caches
+        self.batch = B = caches[0].k.shape[0]
+        for cache in caches:
+            for t in (cache.k, cache.v):
+                if not t.is_contiguous():
+                    raise ValueError("the Triton step needs contiguous (B, heads, context, d_head) caches")
         w = model.lm_head.weight
         dtype, dev = w.dtype, w.device
         D, H, dh = cfg.d_model, cfg.num_heads, cfg.d_head
@@ -355,17 +464,24 @@ class TritonStep:
             self.cos, self.sin = rope.cos.contiguous(), rope.sin.contiguous()  # (context, d_head / 2) fp32
         else:
             self.cos = self.sin = torch.zeros(1, device=dev)
+        self.block_b = _pow2(B)
         self.block_d = _pow2(dh)
         self.n_blocks = -(-cfg.context_length // ATTENTION_BLOCK)
-        self.x = torch.zeros(1, D, dtype=dtype, device=dev)  # the residual stream
-        self.q = torch.zeros(D, dtype=dtype, device=dev)
-        self.att = torch.zeros(D, dtype=dtype, device=dev)
-        self.ffn = torch.zeros(cfg.ffn_dim, dtype=dtype, device=dev)
-        self.raw = torch.zeros(cfg.vocab_size, dtype=dtype, device=dev)
-        self.block_max = torch.zeros(H * self.n_blocks, dtype=torch.float32, device=dev)
-        self.block_sum = torch.zeros(H * self.n_blocks, dtype=torch.float32, device=dev)
-        self.block_acc = torch.zeros(H * self.n_blocks * self.block_d, dtype=torch.float32, device=dev)
+        self.x = torch.zeros(B, D, dtype=dtype, device=dev)  # the residual stream
+        self.q = torch.zeros(B, D, dtype=dtype, device=dev)
+        self.att = torch.zeros(B, D, dtype=dtype, device=dev)
+        self.ffn = torch.zeros(B, cfg.ffn_dim, dtype=dtype, device=dev)
+        self.raw = torch.zeros(B, cfg.vocab_size, dtype=dtype, device=dev)
+        self.block_max = torch.zeros(B * H * self.n_blocks, dtype=torch.float32, device=dev)
+        self.block_sum = torch.zeros(B * H * self.n_blocks, dtype=torch.float32, device=dev)
+        self.block_acc = torch.zeros(B * H * self.n_blocks * self.block_d, dtype=torch.float32, device=dev)
         self.sm_scale = dh ** -0.5
+        qkv_p, qkv_k = tile("qkv", self.block_b, D)
+        while D % (2 * qkv_p):  # a program's rows must be whole pairs of one of q, k, v
+            qkv_p //= 2
+        self.tiles = {"qkv": (qkv_p, qkv_k), "swiglu": tile("swiglu", self.block_b, D),
+                      "attn_out": tile("residual", self.block_b, D),
+                      "ffn_out": tile("residual", self.block_b, cfg.ffn_dim), "head": tile("head", self.block_b, D)}
         if _PREFETCH is not None:
             _PREFETCH.join()  # rather than computing the same hashes a second time
 
@@ -374,46 +490,47 @@ class TritonStep:
 
     def __call__(self, token_in: torch.Tensor, position: torch.Tensor, window: int | None = None,
                  logits_out: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (1, V) in the model's dtype for ``token_in`` (1,) at ``position`` (1,); also into
-        ``logits_out`` (fp32, V entries) if given. Writes the token's K/V into the caches."""
+        """Logits (B, V) in the model's dtype for ``token_in`` (B,) at ``position`` (B,), one per slot; also
+        into ``logits_out`` (fp32, B x V entries) if given. Writes each token's K/V into its row of the caches."""
+        out = logits_out if logits_out is not None else torch.empty(self.batch, self.cfg.vocab_size, device=self.x.device)
+        _launch(self.launches(token_in, position, out), self.collect)
+        return self.raw
+
+    def launches(self, token_in: torch.Tensor, position: torch.Tensor, logits_out: torch.Tensor) -> list[tuple]:
+        """The step's kernel launches in order, as (kernel, grid, args, kwargs)."""
         c, m = self.cfg, self.model
-        D, H, dh, eps = c.d_model, c.num_heads, c.d_head, c.rmsnorm_eps
-        x = self.x
-        _embed_kernel[(1,)](m.token_embeddings.weight, token_in, x, D=D, BLOCK=_pow2(D))
-        qkv_p, qkv_k = TILES["qkv"]
-        while D % (2 * qkv_p):  # a program's rows must be whole pairs of one of q, k, v
-            qkv_p //= 2
-        ffn_n, ffn_k = TILES["swiglu"]
-        res_n, res_k = TILES["residual"]
+        B, BB, D, H, dh, eps, C = self.batch, self.block_b, c.d_model, c.num_heads, c.d_head, c.rmsnorm_eps, c.context_length
+        F, V = c.ffn_dim, c.vocab_size
+        x, t = self.x, self.tiles
+        qkv_p, qkv_k = t["qkv"]
+        (ao_n, ao_k), (fi_n, fi_k), (fo_n, fo_k), (hd_n, hd_k) = t["attn_out"], t["swiglu"], t["ffn_out"], t["head"]
+        out = [(_embed_kernel, (B,), (m.token_embeddings.weight, token_in, x), dict(D=D, BLOCK=_pow2(D)))]
         for layer, cache in zip(m.layers, self.caches):
             ln1 = layer.ln1.weight if self.norms else x
             ln2 = layer.ln2.weight if self.norms else x
-            _norm_qkv_rope_kernel[(3 * D // (2 * qkv_p),)](
-                x, ln1, layer.attn.qkv_proj.weight, self.cos, self.sin, position, self.q, cache.k, cache.v, eps,
-                c.context_length, D=D, DH=dh, HAS_NORM=self.norms, ROPE=self.rope, BLOCK_P=qkv_p,
-                BLOCK_K=min(qkv_k, _pow2(D)))
-            _attention_block_kernel[(H, self.n_blocks)](
-                self.q, cache.k, cache.v, position, self.block_max, self.block_sum, self.block_acc, self.sm_scale,
-                c.context_length, self.n_blocks, DH=dh, BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK)
-            _attention_combine_kernel[(H,)](
-                self.block_max, self.block_sum, self.block_acc, position, self.att, self.n_blocks, DH=dh,
-                BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK, BLOCK_B=_pow2(self.n_blocks))
-            _gemv_residual_kernel[(-(-D // res_n),)](
-                self.att, layer.attn.output_proj.weight, x, D, K=D, BLOCK_N=res_n, BLOCK_K=min(res_k, _pow2(D)))
             w3 = layer.ffn.w3.weight if self.gated else layer.ffn.w1.weight
-            F = c.ffn_dim
-            _norm_ffn_in_kernel[(-(-F // ffn_n),)](
-                x, ln2, layer.ffn.w1.weight, w3, self.ffn, eps, F, D=D, HAS_NORM=self.norms, GATED=self.gated,
-                BLOCK_N=ffn_n, BLOCK_K=min(ffn_k, _pow2(D)))
-            _gemv_residual_kernel[(-(-D // res_n),)](
-                self.ffn, layer.ffn.w2.weight, x, D, K=F, BLOCK_N=res_n, BLOCK_K=min(res_k, _pow2(F)))
-        head_n, head_k = TILES["head"]
-        out = logits_out if logits_out is not None else torch.empty(c.vocab_size, device=x.device)
+            out += [
+                (_norm_qkv_rope_kernel, (3 * D // (2 * qkv_p),),
+                 (x, ln1, layer.attn.qkv_proj.weight, self.cos, self.sin, position, self.q, cache.k, cache.v, eps, C, B),
+                 dict(D=D, DH=dh, HAS_NORM=self.norms, ROPE=self.rope, BLOCK_B=BB, BLOCK_P=qkv_p, BLOCK_K=qkv_k)),
+                (_attention_block_kernel, (B * H, self.n_blocks),
+                 (self.q, cache.k, cache.v, position, self.block_max, self.block_sum, self.block_acc, self.sm_scale,
+                  C, H, self.n_blocks),
+                 dict(DH=dh, BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK)),
+                (_attention_combine_kernel, (B * H,),
+                 (self.block_max, self.block_sum, self.block_acc, position, self.att, H, self.n_blocks),
+                 dict(DH=dh, BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK, BLOCK_J=_pow2(self.n_blocks))),
+                (_gemv_residual_kernel, (-(-D // ao_n),), (self.att, layer.attn.output_proj.weight, x, D, B),
+                 dict(K=D, BLOCK_B=BB, BLOCK_N=ao_n, BLOCK_K=ao_k)),
+                (_norm_ffn_in_kernel, (-(-F // fi_n),), (x, ln2, layer.ffn.w1.weight, w3, self.ffn, eps, F, B),
+                 dict(D=D, HAS_NORM=self.norms, GATED=self.gated, BLOCK_B=BB, BLOCK_N=fi_n, BLOCK_K=fi_k)),
+                (_gemv_residual_kernel, (-(-D // fo_n),), (self.ffn, layer.ffn.w2.weight, x, D, B),
+                 dict(K=F, BLOCK_B=BB, BLOCK_N=fo_n, BLOCK_K=fo_k)),
+            ]
         final = m.ln_final.weight if self.norms else x
-        _norm_head_kernel[(-(-c.vocab_size // head_n),)](
-            x, final, m.lm_head.weight, out, self.raw, eps, c.vocab_size, D=D, HAS_NORM=self.norms,
-            BLOCK_N=head_n, BLOCK_K=min(head_k, _pow2(D)))
-        return self.raw.view(1, -1)
+        out.append((_norm_head_kernel, (-(-V // hd_n),), (x, final, m.lm_head.weight, logits_out, self.raw, eps, V, B),
+                    dict(D=D, HAS_NORM=self.norms, BLOCK_B=BB, BLOCK_N=hd_n, BLOCK_K=hd_k)))
+        return out
 
 
 # Vocabulary entries per program of the sampler's first kernel.
@@ -431,6 +548,9 @@ class TritonSampler:
     steps since), so the same seed gives the same tokens (Philox, not the
     torch sampler's hash: the two paths draw different noise for one seed).
     """
+
+    collect: list | None = None
+    """When a list, calls append their launches to it instead of running them (see :func:`precompile`)."""
 
     def __init__(self, vocab_size: int, device):
         self.vocab_size = V = vocab_size
@@ -451,10 +571,19 @@ class TritonSampler:
                  greedy: bool) -> None:
         """Sample from fp32 ``logits`` (V,); ``raw`` is them in the model's dtype (for ``topk``)."""
         top = raw.topk(top_k, sorted=False).values if top_k and not greedy else logits
-        _sample_blocks_kernel[(self.blocks,)](
-            logits, top, self.seed, self.draws, neg_inv_temperature, self.score, self.index, self.max, self.sum,
-            self.vocab_size, top_k, GREEDY=greedy, TOP_K=bool(top_k) and not greedy, BLOCK=SAMPLE_BLOCK,
-            BLOCK_TOPK=_pow2(max(top_k, 1)))
-        _sample_finish_kernel[(1,)](
-            logits, self.score, self.index, self.max, self.sum, position, self.draws, out_tokens, out_probs,
-            token_in, self.blocks, BLOCK_B=_pow2(self.blocks))
+        _launch(self.launches(logits, top, neg_inv_temperature, top_k, position, out_tokens, out_probs, token_in,
+                              greedy), self.collect)
+
+    def launches(self, logits, top, neg_inv_temperature, top_k, position, out_tokens, out_probs, token_in,
+                 greedy: bool) -> list[tuple]:
+        """The two kernel launches of a call, as (kernel, grid, args, kwargs); ``top``: the top-k values."""
+        return [
+            (_sample_blocks_kernel, (self.blocks,),
+             (logits, top, self.seed, self.draws, neg_inv_temperature, self.score, self.index, self.max, self.sum,
+              self.vocab_size, top_k),
+             dict(GREEDY=greedy, TOP_K=bool(top_k) and not greedy, BLOCK=SAMPLE_BLOCK, BLOCK_TOPK=_pow2(max(top_k, 1)))),
+            (_sample_finish_kernel, (1,),
+             (logits, self.score, self.index, self.max, self.sum, position, self.draws, out_tokens, out_probs, token_in,
+              self.blocks),
+             dict(BLOCK_B=_pow2(self.blocks))),
+        ]
