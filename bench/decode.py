@@ -9,11 +9,11 @@ Ways to generate the same number of tokens from the same random-weight model:
   (d)   compiled       the torch step + sampler under torch.compile(mode="reduce-overhead"), no own graphs
   (d')  compiled-graph the torch step + sampler under torch.compile (default mode) inside the engine's graphs
 
-(b) and (c) use the engine's step at batch 1: Triton kernels on CUDA
-(lm.decode.triton_step.TritonStep, with its sampler) where Triton is installed,
+(b) and (c) use the engine's step: Triton kernels on CUDA
+(lm.decode.triton_step.TritonStep, at batch 1 with its sampler) where Triton is installed,
 else the torch step. (d) and (d') answer whether a compiled plain step matches
 the hand-written kernels. --batch N decodes N requests at once in one engine
-(continuous batching; the torch step) and reports aggregate and per-request tokens/s.
+(continuous batching) and reports aggregate and per-request tokens/s.
 
 "cold" is the first reply after the weights are on the device: it includes the
 decoder's buffers, any warm-up and the CUDA graph capture. "warm" is the median
@@ -125,7 +125,7 @@ def make_engine(mode: str, model, args):
     from lm.decode import Engine
 
     graphs = mode.startswith("graph") or mode == "compiled-graph"
-    kernels = "auto" if mode in ("eager", "graph") and args.batch == 1 else "torch"
+    kernels = "auto" if mode in ("eager", "graph") else "torch"
     engine = Engine(model, max_batch=args.batch, cuda_graphs=graphs, kernels=kernels)
     if mode.startswith("compiled"):
         engine.min_window = model.cfg.context_length  # one window: one compiled graph per sampling mode
@@ -336,8 +336,46 @@ def check(args) -> int:
                   f"{f', windows {windows}' if windows else ''}")
             if dec.step_kind == "torch" and kernels == "auto" and dev.type == "cuda":
                 print(f"     (Triton step not used: {dec.triton_problem})")
+    for kernels in ("auto", "torch") if dev.type == "cuda" else ("auto",):
+        failures += not check_batched(dev, base, kernels)
     print("all checks passed" if not failures else f"{failures} check(s) FAILED")
     return 1 if failures else 0
+
+
+def check_batched(dev, cfg, kernels: str) -> bool:
+    """Three greedy requests in one engine of 3 slots, joining at different steps: each token must be the
+    argmax of a full forward over that request's own text (its prompt and the tokens before it)."""
+    import torch
+
+    from lm.decode import Engine, Request, SamplingParams
+    from lm.model import TransformerLM
+
+    torch.manual_seed(1)
+    model = TransformerLM(cfg, device=dev).eval()
+    engine = Engine(model, max_batch=3, kernels=kernels, chunk=2)
+    prompts = [[3, 1, 4, 1, 5], [2, 7, 1, 8, 2, 8, 1, 8, 2], [1, 6]]
+    requests = [Request(p, SamplingParams(temperature=0, max_new_tokens=30)) for p in prompts]
+    engine.submit(requests[0])
+    rounds = 0
+    while not all(r.done for r in requests):
+        if rounds in (3, 7):  # the others join while the first is decoding
+            engine.submit(requests[1 if rounds == 3 else 2])
+        engine.run_round()
+        rounds += 1
+    worst_gap, not_argmax, total = 0.0, 0, 0
+    with torch.no_grad():
+        for p, r in zip(prompts, requests):
+            out = [e.token_id for e in r.events if hasattr(e, "token_id")]
+            logits = model(torch.tensor(p + out[:-1], device=dev)).float()[len(p) - 1:]
+            for i, t in enumerate(out):
+                gap = (logits[i].max() - logits[i, t]).item()
+                worst_gap = max(worst_gap, gap)
+                not_argmax += gap > 1e-3  # near-ties may go either way
+                total += 1
+    ok = not_argmax == 0 and total == 90
+    print(f"{'ok  ' if ok else 'FAIL'} {'batched x3':16} graph={str(engine.use_graphs):8} step={engine.step_kind:6} "
+          f"{total - not_argmax}/{total} greedy tokens are the argmax of a full forward (largest gap {worst_gap:.1e})")
+    return ok
 
 
 def profile_step(args) -> int:
