@@ -338,6 +338,9 @@ def check(args) -> int:
                 print(f"     (Triton step not used: {dec.triton_problem})")
     for kernels in ("auto", "torch") if dev.type == "cuda" else ("auto",):
         failures += not check_batched(dev, base, kernels)
+        failures += not check_batch_invariance(dev, kernels)
+    if dev.type == "cuda":
+        failures += not check_sampler(dev)
     print("all checks passed" if not failures else f"{failures} check(s) FAILED")
     return 1 if failures else 0
 
@@ -375,6 +378,82 @@ def check_batched(dev, cfg, kernels: str) -> bool:
     ok = not_argmax == 0 and total == 90
     print(f"{'ok  ' if ok else 'FAIL'} {'batched x3':16} graph={str(engine.use_graphs):8} step={engine.step_kind:6} "
           f"{total - not_argmax}/{total} greedy tokens are the argmax of a full forward (largest gap {worst_gap:.1e})")
+    return ok
+
+
+def check_batch_invariance(dev, kernels: str) -> bool:
+    """One request alone in a 1-slot engine (``lab sample``) and in slot 6 of an 8-slot engine beside 7 others
+    (``lab serve``), in the model's serving dtype: greedy and seeded top-p tokens must be the same."""
+    import torch
+
+    from lm.decode import Engine, Request, SamplingParams, resolve_dtype
+    from lm.model import ModelConfig, TransformerLM
+
+    cfg = ModelConfig(vocab_size=1000, context_length=256, d_model=256, num_layers=4, num_heads=4, d_ff=688)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        model = TransformerLM(cfg, device=dev, dtype=resolve_dtype("auto", dev)).eval()
+    prompt = [5, 17, 301, 42, 9, 77]
+    ok = True
+    for name, params in (("greedy", SamplingParams(temperature=0, max_new_tokens=200, stop_at_eos=False)),
+                         ("T 0.8", SamplingParams(temperature=0.8, top_p=1.0, max_new_tokens=200, seed=3,
+                                                  stop_at_eos=False)),
+                         ("top-p 0.9", SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=200, seed=7,
+                                                      stop_at_eos=False))):
+        texts = []
+        for slots in (1, 8):
+            engine = Engine(model, max_batch=slots, kernels=kernels)
+            others = [engine.submit(Request([i + 1, 2 * i + 3], SamplingParams(temperature=0.8, seed=i,
+                                                                                 max_new_tokens=150 + 10 * i,
+                                                                                 stop_at_eos=False)))
+                      for i in range(slots - 1)]
+            for _ in range(2 if slots > 1 else 0):  # the others are decoding when this one joins
+                engine.run_round()
+            request = engine.submit(Request(prompt, params))
+            while not (request.done and all(r.done for r in others)):
+                engine.run_round()
+            texts.append([e.token_id for e in request.events if hasattr(e, "token_id")])
+        same = next((i for i, (a, b) in enumerate(zip(*texts)) if a != b), len(texts[0]))
+        good = texts[0] == texts[1]
+        ok &= good
+        print(f"{'ok  ' if good else 'FAIL'} {'1 vs 8 slots':16} step={engine.step_kind:6} {name}: "
+              f"{same}/{len(texts[0])} tokens equal before the first difference ({model.lm_head.weight.dtype})")
+    return ok
+
+
+def check_sampler(dev) -> bool:
+    """The Triton sampler against sample_rows on the same logits and noise: 8 rows (greedy, temperature,
+    top-k + top-p, a small top-p whose first winner often falls outside the nucleus), GPT-2's vocabulary."""
+    import torch
+
+    from lm.decode.sampling import race_noise, sample_rows, token_keys
+    from lm.decode.triton_sampler import TritonSampler
+
+    B, V, C, draws = 8, 50257, 1024, 200
+    torch.manual_seed(0)
+    inv_t = torch.tensor([0.0, 1 / 0.7, 1.0, 1 / 1.3, 1.0, 1.25, 1.0, 1.0], device=dev)
+    top_p = torch.tensor([1.0, 1.0, 0.8, 0.3, 0.9, 0.95, 0.5, 1.0], device=dev)
+    top_k = torch.tensor([0, 0, 50, 0, 0, 0, 0, 200], device=dev)
+    rows = {"token": torch.zeros(B, dtype=torch.long, device=dev), "position": torch.zeros(B, dtype=torch.long, device=dev),
+            "draws": torch.zeros(B, dtype=torch.long, device=dev), "seed": torch.arange(B, device=dev) * 7919 + 2**33,
+            "top_k": top_k, "stop_at": torch.full((B,), C, device=dev), "live": torch.ones(B, dtype=torch.long, device=dev),
+            "inv_temperature": inv_t, "top_p": top_p}
+    sampler = TritonSampler(V, B, C, rows, dev)
+    keys = token_keys(V, dev)
+    out_t = torch.zeros(B, C + 1, dtype=torch.long, device=dev)
+    out_p = torch.zeros(B, C + 1, device=dev)
+    same = total = 0
+    for i in range(draws):
+        raw = (torch.randn(B, V, device=dev) * (1 + i % 4)).bfloat16()  # flat to peaked distributions
+        logits = raw.float()
+        want, _ = sample_rows(logits, race_noise(rows["seed"], rows["draws"], keys), inv_t, top_k, top_p,
+                              greedy=False, max_top_k=200, nucleus=True, rank_logits=raw)
+        sampler(logits, raw, out_t, out_p, greedy=False, max_top_k=200, nucleus=True)
+        same += int((out_t[:, i] == want).sum())
+        total += B
+    ok = same == total
+    print(f"{'ok  ' if ok else 'FAIL'} {'triton sampler':16} {same}/{total} tokens equal to sample_rows's "
+          f"(same noise; a nucleus's mass within rounding of top-p may differ)")
     return ok
 
 

@@ -180,13 +180,16 @@ def test_kernel_choice_is_checked_and_cpu_uses_the_torch_step():
 INTERPRETER_CHECK = r"""
 import dataclasses, sys
 import torch
-from lm.decode.triton_step import TritonSampler, TritonStep
+from lm.decode import triton_step
+from lm.decode.triton_step import TritonStep
 from lm.decode.torch_step import TorchStep, joint_kv_caches
 from lm.model import ModelConfig, TransformerLM
 base = ModelConfig(vocab_size=40, context_length=80, d_model=32, num_layers=1, num_heads=2, d_ff=48)
 worst = 0.0
-for change, batch in (({}, 1), ({}, 3), ({"position": "nope", "ffn": "silu", "d_ff": None}, 2),
-                      ({"norm": "none", "tie_embeddings": True}, 1)):
+# (change, batch, rows per program): 3 rows in chunks of 2 run the second grid axis with a partial chunk.
+for change, batch, block_b in (({}, 1, 8), ({}, 3, 8), ({}, 3, 2), ({"position": "nope", "ffn": "silu", "d_ff": None}, 2, 8),
+                               ({"norm": "none", "tie_embeddings": True}, 1, 8)):
+    triton_step.MAX_BLOCK_B = block_b
     cfg = dataclasses.replace(base, **change)
     torch.manual_seed(0)
     model = TransformerLM(cfg).eval()
@@ -202,17 +205,24 @@ for change, batch in (({}, 1), ({}, 3), ({"position": "nope", "ffn": "silu", "d_
             worst = max(worst, (new(tok, pos, None, out) - want).abs().max().item(), (out - want).abs().max().item())
     worst = max(worst, max(max((a.k - b.k).abs().max().item(), (a.v - b.v).abs().max().item())
                            for a, b in zip(c_ref, c_new)))
-sampler = TritonSampler(40, "cpu")
-logits = torch.randn(40) * 2
-for greedy, k in ((True, 0), (False, 0), (False, 5)):
-    sampler.start(11)
-    pos, toks, probs = torch.tensor([3]), torch.zeros(8, dtype=torch.long), torch.zeros(8)
-    token_in = torch.zeros(1, dtype=torch.long)
-    sampler(logits, logits, torch.tensor(-1.0), k, pos, toks, probs, token_in, greedy)
-    t = int(toks[3])
-    assert int(pos) == 4 and int(token_in) == t and int(sampler.draws) == 1
-    assert abs(float(probs[3]) - float(torch.softmax(logits, -1)[t])) < 1e-6
-    assert (t == int(logits.argmax())) if greedy else (logits[t] >= logits.topk(k).values.min() if k else True)
+# Batch invariance: a row's logits are bitwise the same in a batch of 1, of 4, and of 4 in chunks of 2
+# (ffn_dim 1100 > the W2 column tile, which batch 4 once narrowed, changing the order of the sums).
+cfg = dataclasses.replace(base, d_model=64, d_ff=1100)
+torch.manual_seed(1)
+model = TransformerLM(cfg).eval()
+rows = {}
+for batch, block_b in ((1, 8), (4, 8), (4, 2)):
+    triton_step.MAX_BLOCK_B = block_b
+    step = TritonStep(model, joint_kv_caches(model, batch))
+    with torch.no_grad():
+        for p in range(6):
+            out = torch.zeros(batch, cfg.vocab_size)
+            step(torch.full((batch,), (p * 5) % 40), torch.full((batch,), p), None, out)
+    rows[batch, block_b] = out.clone()
+alone = rows[1, 8][0]
+for key, out in rows.items():
+    for r in range(out.shape[0]):
+        assert torch.equal(out[r], alone), (key, r, (out[r] - alone).abs().max().item())
 print(worst)
 """
 
@@ -226,6 +236,65 @@ def test_triton_kernels_match_the_torch_step_in_the_interpreter():
                           cwd=root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert float(proc.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+SAMPLER_CHECK = r"""
+import torch
+from lm.decode.sampling import race_noise, sample_rows, token_keys
+from lm.decode.triton_sampler import TritonSampler
+B, V, C = 5, 2500, 64  # three blocks of the vocabulary, the last one partial
+torch.manual_seed(0)
+# Rows: greedy; T 0.7; T 1 with top-k 50 and top-p 0.8; T 1.3 with top-p 0.3 (the first winner often
+# falls outside the nucleus: the loop runs); a dead row.
+inv_t = torch.tensor([0.0, 1 / 0.7, 1.0, 1 / 1.3, 1.0])
+top_p = torch.tensor([1.0, 1.0, 0.8, 0.3, 0.5])
+top_k = torch.tensor([0, 0, 50, 0, 0])
+live = torch.tensor([1, 1, 1, 1, 0])
+state = {"token": torch.zeros(B, dtype=torch.long), "position": torch.tensor([0, 3, 7, 1, 2]),
+         "draws": torch.tensor([0, 5, 2, 9, 0]), "seed": torch.tensor([1, 2**40 + 3, 77, 5, 6]), "top_k": top_k,
+         "stop_at": torch.full((B,), C), "live": live, "inv_temperature": inv_t, "top_p": top_p}
+sampler = TritonSampler(V, B, C, state, "cpu")
+keys = token_keys(V)
+seen_outside = 0
+for greedy, max_top_k, nucleus in ((True, 0, False), (False, 0, False), (False, 50, True)):
+    for draw in range(12):
+        logits = torch.randn(B, V) * 3
+        raw = logits.bfloat16()
+        logits = raw.float()
+        want, want_p = sample_rows(logits, None if greedy else race_noise(state["seed"], state["draws"], keys), inv_t,
+                                   top_k, top_p, greedy=greedy, max_top_k=max_top_k, nucleus=nucleus, rank_logits=raw)
+        if nucleus:  # how often the race's first winner is outside row 3's nucleus
+            noise = race_noise(state["seed"], state["draws"], keys)
+            seen_outside += int((noise[3] - logits[3] * inv_t[3]).argmin() != want[3])
+        before = {k: v.clone() for k, v in state.items()}
+        out_t, out_p = torch.zeros(B, C + 1, dtype=torch.long), torch.zeros(B, C + 1)
+        sampler(logits, raw, out_t, out_p, greedy=greedy, max_top_k=max_top_k, nucleus=nucleus)
+        for b in range(B):
+            pos = int(before["position"][b])
+            if not live[b]:
+                assert int(state["position"][b]) == pos and int(state["draws"][b]) == int(before["draws"][b])
+                continue
+            got = int(out_t[b, pos])
+            assert got == int(want[b]), (greedy, max_top_k, nucleus, draw, b, got, int(want[b]))
+            assert abs(float(out_p[b, pos]) - float(want_p[b])) < 1e-5
+            assert int(state["token"][b]) == got and int(state["position"][b]) == pos + 1
+            assert int(state["draws"][b]) == int(before["draws"][b]) + 1
+assert seen_outside >= 3, seen_outside  # the nucleus's loop was exercised
+print("ok", seen_outside)
+"""
+
+
+@pytest.mark.slow
+def test_triton_sampler_gives_sample_rows_tokens_in_the_interpreter():
+    """Greedy, temperature, top-k and top-p rows in one batch, a dead row, the nucleus's loop: every token is
+    sample_rows's on the same noise, and the step's bookkeeping is the torch engine's."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), env_path()]))
+    proc = subprocess.run([sys.executable, "-c", SAMPLER_CHECK], capture_output=True, text=True, env=env,
+                          cwd=root, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("ok")
 
 
 def env_path() -> str:

@@ -29,8 +29,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_kernels_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
-                   help="the decode step: auto is the Triton step at batch 1 on CUDA (fastest), torch elsewhere; "
-                        "torch gives the same text as `lab serve` with several slots for the same seed")
+                   help="the decode step: auto is the Triton step on CUDA (fastest; a seed gives the same text "
+                        "with one slot or many, so `lab sample` matches `lab serve`), torch elsewhere; "
+                        "triton insists and says why when it cannot run")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

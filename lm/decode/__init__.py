@@ -1,7 +1,7 @@
 """Decoding: one engine for ``lab sample``, ``lab chat``, the console's chat tab and ``lab serve``.
 
 * :func:`load` -- a run directory (or checkpoint) to an eval-mode model and its tokenizer;
-* :class:`Engine` -- KV-cache slots, one-token steps (Triton at batch 1 on CUDA, else torch),
+* :class:`Engine` -- KV-cache slots, one-token steps (Triton on CUDA, else torch),
   CUDA graphs, continuous batching of :class:`Request` objects (:mod:`lm.decode.engine`);
 * :class:`SamplingParams` and the samplers (:mod:`lm.decode.sampling`);
 * :class:`Generator`, :class:`TextRequest`, :class:`TextStream` -- text in, streamed text out

@@ -35,7 +35,8 @@ import torch
 
 from lm.decode.sampling import SamplingParams, race_noise, sample_rows, token_keys
 from lm.decode.torch_step import TorchStep, joint_kv_caches, torch_step_problem
-from lm.decode.triton_step import TritonSampler, TritonStep, precompile, triton_step_problem, triton_usable
+from lm.decode.triton_sampler import TritonSampler
+from lm.decode.triton_step import TritonStep, precompile, triton_step_problem, triton_usable
 from lm.errors import LabError
 
 # When prompt + output outgrow the context, keep this fraction of it (the most recent tokens).
@@ -219,17 +220,19 @@ class Engine:
         self.step_impl = TritonStep(model, self.caches) if use_triton else TorchStep(model, self.caches)
         self.step_kind = "triton" if use_triton else "torch"
         self.state = torch.zeros(7, B, dtype=torch.long, device=dev)  # rows TOKEN .. LIVE, a column per slot
-        self.floats = torch.zeros(3, B, dtype=torch.float32, device=dev)  # 1/T, -1/T, top_p
+        self.floats = torch.zeros(2, B, dtype=torch.float32, device=dev)  # 1/T, top_p
         self.rows = torch.arange(B, device=dev)
         self.keys = token_keys(V, dev)
         self.logits = torch.zeros(B, V, dtype=torch.float32, device=dev)  # of the last step, for inspection
         self.out_tokens = torch.zeros(B, C + 1, dtype=torch.long, device=dev)  # by position; C: past the end
         self.out_probs = torch.zeros(B, C + 1, dtype=torch.float32, device=dev)
-        # Sampling (no nucleus) and the step's bookkeeping in two Triton kernels at batch 1.
+        # Sampling and the step's bookkeeping in Triton kernels on CUDA: the same tokens as sample_rows, no sort.
         self._sampler = None
-        if B == 1 and kernels != "torch" and triton_usable(dev):
-            self._sampler = TritonSampler(V, dev)
-            self._sampler.seed, self._sampler.draws = self.state[SEED, :1], self.state[DRAWS, :1]
+        if kernels != "torch" and triton_usable(dev):
+            st = self.state
+            rows = dict(token=st[TOKEN], position=st[POSITION], draws=st[DRAWS], seed=st[SEED], top_k=st[TOP_K],
+                        stop_at=st[STOP_AT], live=st[LIVE], inv_temperature=self.floats[0], top_p=self.floats[1])
+            self._sampler = TritonSampler(V, B, C, rows, dev)
         if use_triton and os.environ.get("LAB_TRITON_PRECOMPILE", "1") != "0":
             self._precompile()
         # Batched rows attend over the whole cache: a window picked by the batch's longest text would
@@ -418,7 +421,7 @@ class Engine:
         top_k = p.top_k if 0 < p.top_k < self.vocab_size else 0
         self.state[:, b] = torch.tensor([r.history[position], position, r.produced, r.seed, top_k, slot.stop_at, int(live)])
         inv_t = 0.0 if p.temperature == 0 else 1.0 / p.temperature
-        self.floats[:, b] = torch.tensor([inv_t, -inv_t, p.top_p])
+        self.floats[:, b] = torch.tensor([inv_t, p.top_p])
 
     def _prefill(self, b: int, r: Request, start: int) -> None:
         """Fill slot ``b``'s cache for r.history[start:-1] and point its step at the last token."""
@@ -472,12 +475,12 @@ class Engine:
         st, C = self.state, self.context_length
         pos = st[POSITION]
         raw = self.step_impl(st[TOKEN], pos.clamp(max=C - 1), window, self.logits)
-        if self._sampler is not None and not mode.nucleus:
-            self._sampler(self.logits[0], raw[0], self.floats[1, :1], mode.top_k, st[POSITION, :1],
-                          self.out_tokens[0], self.out_probs[0], st[TOKEN, :1], mode.greedy)
+        if self._sampler is not None:
+            self._sampler(self.logits, raw, self.out_tokens, self.out_probs, greedy=mode.greedy, max_top_k=mode.top_k,
+                          nucleus=mode.nucleus)
             return
         noise = None if mode.greedy else race_noise(st[SEED], st[DRAWS], self.keys)
-        token, prob = sample_rows(self.logits, noise, self.floats[0], st[TOP_K], self.floats[2], greedy=mode.greedy,
+        token, prob = sample_rows(self.logits, noise, self.floats[0], st[TOP_K], self.floats[1], greedy=mode.greedy,
                                   max_top_k=mode.top_k, nucleus=mode.nucleus, rank_logits=raw)
         go = (st[LIVE] > 0) & (pos < st[STOP_AT])
         at = pos.clamp(max=C)
@@ -492,9 +495,9 @@ class Engine:
         """Compile every Triton kernel a step can launch now, several at once, instead of one after another
         during the first reply (``LAB_TRITON_PRECOMPILE=0`` leaves it to the first launches).
 
-        The launches are collected from the real step (greedy, and sampling without a nucleus, the two
-        sampler variants), so they have exactly the argument types and constexprs the replies will use;
-        with every row dead the step changes no state.
+        The launches are collected from the real step (greedy, sampling, and sampling with a nucleus: the
+        sampler's variants without top-k), so they have exactly the argument types and constexprs the replies
+        will use; nothing runs, so the step changes no state.
         """
         launches: list[tuple] = []
         parts = [p for p in (self.step_impl, self._sampler) if isinstance(p, (TritonStep, TritonSampler))]
@@ -502,8 +505,11 @@ class Engine:
             part.collect = launches
         try:
             with torch.inference_mode():
-                for greedy in ((True, False) if self._sampler is not None else (True,)):
-                    self._step(StepMode(greedy=greedy, top_k=0, nucleus=False), None)
+                modes = [StepMode(greedy=True, top_k=0, nucleus=False)]
+                if self._sampler is not None:
+                    modes += [StepMode(greedy=False, top_k=0, nucleus=nucleus) for nucleus in (False, True)]
+                for mode in modes:
+                    self._step(mode, None)
         finally:
             for part in parts:
                 part.collect = None

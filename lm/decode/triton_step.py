@@ -15,9 +15,13 @@ plus cuDNN attention over a padded window. Here each layer is:
 6. W2 + residual add, in place.
 
 At batch B each program of a matrix-vector kernel reads its tile of the weight
-once and multiplies it with all B rows (a step reads the weights once, whatever
-B), and attention reads a row's own cache only up to that row's position, so a
-row's result does not depend on the other rows or on which slot it sits in.
+once and multiplies it with up to MAX_BLOCK_B rows (up to that batch a step reads
+the weights once), and attention reads a row's own cache only up to that row's
+position. A row's products reduce over the same column tile in the same order at
+every batch (:func:`tile`), so its result does not depend on the other rows, on
+which slot it sits in, or on how many slots the engine has: ``lab sample`` (one
+slot) and ``lab serve`` (eight) give one seed the same text
+(``bench/decode.py --check`` checks it on a GPU).
 Every product accumulates in fp32 and rounds its output to the model's dtype
 where ``TransformerLM.forward`` does, so the two agree to the dtype's rounding
 (``bench/decode.py --check`` compares them in fp32 on a GPU; the tests run the
@@ -34,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from lm.decode import triton_sampler
+
 try:
     import triton
     import triton.language as tl
@@ -45,24 +51,22 @@ ATTENTION_BLOCK = 64
 # Weight rows (QKV: row pairs) x columns per program of each matrix-vector kernel at batch 1 (picked on an
 # H100; see docs/performance.md (Decoding)). At batch B see :func:`tile`.
 TILES = {"qkv": (8, 256), "swiglu": (4, 256), "residual": (2, 1024), "head": (16, 256)}
-# The narrowest column tile :func:`tile` falls back to at large batches.
-MIN_TILE_COLUMNS = 64
+# Input rows per program of a matrix-vector kernel: a batch of more slots runs in chunks of this many
+# (a second grid axis). With a fixed column tile the partial sums grow with the rows; at 8 the largest
+# kernel (W2 at 1024 columns) takes ~126 registers a thread on sm_90 and spills nothing, at 16 ~220.
+MAX_BLOCK_B = 8
 
 
 def tile(kind: str, block_b: int, columns: int) -> tuple[int, int]:
     """Weight rows and columns per program of ``kind``'s kernel for ``block_b`` rows of input over ``columns``.
 
-    A program keeps block_b x rows x columns fp32 partial sums; at batch B it
-    takes fewer weight rows (then narrower columns) so that stays what batch 1
-    uses, and the registers per program stay the same at every batch.
+    The column tile is batch 1's whatever ``block_b``: it fixes the order in which
+    a row's products are summed (Triton lays the fp32 partial sums out along the
+    columns the same way at every batch), so a row's output is bitwise the same
+    alone or batched. Larger batches take fewer weight rows instead, down to one.
     """
     rows, cols = TILES[kind]
-    budget = rows * cols
-    rows = max(1, rows // block_b)
-    cols = min(cols, _pow2(columns))
-    while block_b * rows * cols > budget and cols > MIN_TILE_COLUMNS:
-        cols //= 2
-    return rows, cols
+    return max(1, rows // block_b), min(cols, _pow2(columns))
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -91,9 +95,9 @@ def triton_step_problem(model: torch.nn.Module) -> str | None:
 
 if triton is not None:
     @triton.jit
-    def _rms_scales(x_ptr, B, D: tl.constexpr, eps, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
-        """1 / rms(x_b) for each row b of x (B, D), as (BLOCK_B,) (rows past B: anything finite)."""
-        b = tl.arange(0, BLOCK_B)
+    def _rms_scales(x_ptr, b0, B, D: tl.constexpr, eps, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
+        """1 / rms(x_b) for rows b0 + [0, BLOCK_B) of x (B, D), as (BLOCK_B,) (rows past B: anything finite)."""
+        b = b0 + tl.arange(0, BLOCK_B)
         total = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
@@ -103,11 +107,11 @@ if triton is not None:
         return tl.rsqrt(tl.sum(total, 1) / D + eps)
 
     @triton.jit
-    def _input_rows(x_ptr, g_ptr, scale, k, B, D: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK_B: tl.constexpr):
-        """Columns ``k`` of the B rows of x (B, D), RMS-normed with gain g when HAS_NORM (fp32, then rounded
-        to the model's dtype, as the model's RMSNorm does): (BLOCK_B, len(k)) in fp32."""
+    def _input_rows(x_ptr, g_ptr, scale, k, b0, B, D: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK_B: tl.constexpr):
+        """Columns ``k`` of rows b0 + [0, BLOCK_B) of x (B, D), RMS-normed with gain g when HAS_NORM (fp32, then
+        rounded to the model's dtype, as the model's RMSNorm does): (BLOCK_B, len(k)) in fp32."""
         dtype = x_ptr.dtype.element_ty
-        b = tl.arange(0, BLOCK_B)
+        b = b0 + tl.arange(0, BLOCK_B)
         kmask = k < D
         h = tl.load(x_ptr + b[:, None] * D + k[None, :], mask=(b[:, None] < B) & kmask[None, :], other=0.0)
         h = h.to(tl.float32)
@@ -120,21 +124,22 @@ if triton is not None:
     def _norm_qkv_rope_kernel(x_ptr, g_ptr, w_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, eps, C, B,
                               D: tl.constexpr, DH: tl.constexpr, HAS_NORM: tl.constexpr, ROPE: tl.constexpr,
                               BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Rows [2 P pid, 2 P (pid + 1)) of W_qkv h_b for every row b, as (even, odd) row pairs so RoPE stays in
+        """Rows [2 P pid, 2 P (pid + 1)) of W_qkv h_b for rows b of chunk pid_1 (BLOCK_B rows), as (even, odd) row pairs so RoPE stays in
         the program; q into q (B, D), k and v into the caches (B, H, C, DH) at each row's position."""
         dtype = w_ptr.dtype.element_ty
         rows = tl.program_id(0) * 2 * BLOCK_P + 2 * tl.arange(0, BLOCK_P)  # even rows of W
-        b = tl.arange(0, BLOCK_B)
+        b0 = tl.program_id(1) * BLOCK_B
+        b = b0 + tl.arange(0, BLOCK_B)
         bmask = b < B
         scale = tl.zeros((BLOCK_B,), tl.float32)
         if HAS_NORM:
-            scale = _rms_scales(x_ptr, B, D, eps, BLOCK_B, BLOCK_K)
+            scale = _rms_scales(x_ptr, b0, B, D, eps, BLOCK_B, BLOCK_K)
         acc_e = tl.zeros((BLOCK_B, BLOCK_P, BLOCK_K), dtype=tl.float32)
         acc_o = tl.zeros((BLOCK_B, BLOCK_P, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < D
-            h = _input_rows(x_ptr, g_ptr, scale, k, B, D, HAS_NORM, BLOCK_B)[:, None, :]
+            h = _input_rows(x_ptr, g_ptr, scale, k, b0, B, D, HAS_NORM, BLOCK_B)[:, None, :]
             w_e = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=kmask[None, :], other=0.0)
             w_o = tl.load(w_ptr + (rows[:, None] + 1) * D + k[None, :], mask=kmask[None, :], other=0.0)
             acc_e += w_e.to(tl.float32)[None, :, :] * h
@@ -207,12 +212,13 @@ if triton is not None:
     @triton.jit
     def _gemv_residual_kernel(a_ptr, w_ptr, x_ptr, N, B, K: tl.constexpr, BLOCK_B: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """x_b += W a_b for rows [BLOCK_N pid, BLOCK_N (pid + 1)) of W and every row b of a (B, K) and x (B, N),
+        """x_b += W a_b for rows [BLOCK_N pid, BLOCK_N (pid + 1)) of W and rows b of chunk pid_1 of a (B, K) and x (B, N),
         in place (W a_b rounded first, as the model does)."""
         dtype = w_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        b = tl.arange(0, BLOCK_B)
+        b0 = tl.program_id(1) * BLOCK_B
+        b = b0 + tl.arange(0, BLOCK_B)
         bmask = b < B
         acc = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -232,20 +238,21 @@ if triton is not None:
                             HAS_NORM: tl.constexpr, GATED: tl.constexpr, BLOCK_B: tl.constexpr,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """SiLU(W1 h_b) * W3 h_b (GATED) or SiLU(W1 h_b), h_b = RMSNorm(x_b), for rows [BLOCK_N pid,
-        BLOCK_N (pid + 1)) of W1 and every row b, into out (B, N)."""
+        BLOCK_N (pid + 1)) of W1 and rows b of chunk pid_1, into out (B, N)."""
         dtype = w1_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        b = tl.arange(0, BLOCK_B)
+        b0 = tl.program_id(1) * BLOCK_B
+        b = b0 + tl.arange(0, BLOCK_B)
         scale = tl.zeros((BLOCK_B,), tl.float32)
         if HAS_NORM:
-            scale = _rms_scales(x_ptr, B, D, eps, BLOCK_B, BLOCK_K)
+            scale = _rms_scales(x_ptr, b0, B, D, eps, BLOCK_B, BLOCK_K)
         acc1 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
         acc3 = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < D
-            h = _input_rows(x_ptr, g_ptr, scale, k, B, D, HAS_NORM, BLOCK_B)[:, None, :]
+            h = _input_rows(x_ptr, g_ptr, scale, k, b0, B, D, HAS_NORM, BLOCK_B)[:, None, :]
             wmask = rmask[:, None] & kmask[None, :]
             w1 = tl.load(w1_ptr + rows[:, None] * D + k[None, :], mask=wmask, other=0.0)
             acc1 += w1.to(tl.float32)[None, :, :] * h
@@ -261,19 +268,20 @@ if triton is not None:
     @triton.jit
     def _norm_head_kernel(x_ptr, g_ptr, w_ptr, out_ptr, raw_ptr, eps, N, B, D: tl.constexpr, HAS_NORM: tl.constexpr,
                           BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Logits W RMSNorm(x_b) of every row b: in the model's dtype into raw (B, N), and as fp32 into out."""
+        """Logits W RMSNorm(x_b) of rows b of chunk pid_1: in the model's dtype into raw (B, N), and as fp32 into out."""
         dtype = w_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        b = tl.arange(0, BLOCK_B)
+        b0 = tl.program_id(1) * BLOCK_B
+        b = b0 + tl.arange(0, BLOCK_B)
         scale = tl.zeros((BLOCK_B,), tl.float32)
         if HAS_NORM:
-            scale = _rms_scales(x_ptr, B, D, eps, BLOCK_B, BLOCK_K)
+            scale = _rms_scales(x_ptr, b0, B, D, eps, BLOCK_B, BLOCK_K)
         acc = tl.zeros((BLOCK_B, BLOCK_N, BLOCK_K), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             kmask = k < D
-            h = _input_rows(x_ptr, g_ptr, scale, k, B, D, HAS_NORM, BLOCK_B)[:, None, :]
+            h = _input_rows(x_ptr, g_ptr, scale, k, b0, B, D, HAS_NORM, BLOCK_B)[:, None, :]
             w = tl.load(w_ptr + rows[:, None] * D + k[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             acc += w.to(tl.float32)[None, :, :] * h
         y = tl.sum(acc, 2).to(dtype)
@@ -282,60 +290,6 @@ if triton is not None:
         tl.store(raw_ptr + at, y, mask=mask)
         tl.store(out_ptr + at, y.to(tl.float32), mask=mask)
 
-
-    @triton.jit
-    def _sample_blocks_kernel(logits_ptr, topk_ptr, seed_ptr, draws_ptr, neg_inv_t_ptr, score_ptr, index_ptr, max_ptr,
-                              sum_ptr, V, K, GREEDY: tl.constexpr, TOP_K: tl.constexpr, BLOCK: tl.constexpr,
-                              BLOCK_TOPK: tl.constexpr):
-        """One block of the vocabulary: its race winner and its logits' max and sum of exp(l - max).
-
-        The race (:func:`lm.decode.sampling.sample_rows`): the smallest ln E_i - l_i / T over the tokens at or
-        above the k-th largest logit (the smallest of the K ``topk`` values), E_i = -ln U_i ~ Exp(1)
-        with U_i from Philox keyed by the reply's seed and the step's draw number, so the noise is
-        made inside the kernel (and the CUDA graph). Greedy: the largest logit, first on ties.
-        """
-        b = tl.program_id(0)
-        idx = b * BLOCK + tl.arange(0, BLOCK)
-        valid = idx < V
-        logit = tl.load(logits_ptr + idx, mask=valid, other=float("-inf"))
-        if GREEDY:
-            score = -logit
-        else:
-            seed = tl.load(seed_ptr) + tl.load(draws_ptr) * 1000003  # a fresh Philox stream per step
-            noise = -tl.log(tl.rand(seed, idx))
-            score = tl.log(noise) + logit * tl.load(neg_inv_t_ptr)
-            if TOP_K:
-                j = tl.arange(0, BLOCK_TOPK)
-                kth = tl.min(tl.load(topk_ptr + j, mask=j < K, other=float("inf")).to(tl.float32), 0)
-                score = tl.where(logit < kth, float("inf"), score)
-        score = tl.where(valid, score, float("inf"))
-        best, at = tl.min(score, 0, return_indices=True, return_indices_tie_break_left=True)
-        top = tl.max(logit, 0)
-        tl.store(score_ptr + b, best)
-        tl.store(index_ptr + b, b * BLOCK + at)
-        tl.store(max_ptr + b, top)
-        tl.store(sum_ptr + b, tl.sum(tl.where(valid, tl.exp(logit - top), 0.0), 0))
-
-    @triton.jit
-    def _sample_finish_kernel(logits_ptr, score_ptr, index_ptr, max_ptr, sum_ptr, pos_ptr, draws_ptr, tokens_ptr,
-                              probs_ptr, token_in_ptr, NB, BLOCK_B: tl.constexpr):
-        """The winner over the blocks (first block on ties), its probability softmax(l)[token], and the
-        bookkeeping of a step: out_tokens / out_probs at the position, token_in, position + 1, draws + 1."""
-        b = tl.arange(0, BLOCK_B)
-        bmask = b < NB
-        score = tl.load(score_ptr + b, mask=bmask, other=float("inf"))
-        _, at = tl.min(score, 0, return_indices=True, return_indices_tie_break_left=True)
-        token = tl.load(index_ptr + at)
-        top = tl.load(max_ptr + b, mask=bmask, other=float("-inf"))
-        big = tl.max(top, 0)
-        total = tl.sum(tl.where(bmask, tl.load(sum_ptr + b, mask=bmask, other=0.0) * tl.exp(top - big), 0.0), 0)
-        prob = tl.exp(tl.load(logits_ptr + token) - big) / total
-        pos = tl.load(pos_ptr)
-        tl.store(tokens_ptr + pos, token)
-        tl.store(probs_ptr + pos, prob)
-        tl.store(token_in_ptr, token)
-        tl.store(pos_ptr, pos + 1)
-        tl.store(draws_ptr, tl.load(draws_ptr) + 1)
 
     @triton.jit
     def _embed_kernel(emb_ptr, token_ptr, x_ptr, D: tl.constexpr, BLOCK: tl.constexpr):
@@ -367,8 +321,8 @@ def _prefetch_triton_runtime() -> None:
 
         driver.active  # noqa: B018 (loads Triton's CUDA helper library; no CUDA call)
         for kernel in (_rms_scales, _input_rows, _norm_qkv_rope_kernel, _attention_block_kernel, _attention_combine_kernel,
-                       _gemv_residual_kernel, _norm_ffn_in_kernel, _norm_head_kernel, _sample_blocks_kernel,
-                       _sample_finish_kernel, _embed_kernel):
+                       _gemv_residual_kernel, _norm_ffn_in_kernel, _norm_head_kernel, _embed_kernel,
+                       *triton_sampler.KERNELS):
             kernel.cache_key  # noqa: B018 (hashes the source once, under Triton's own lock)
     except Exception:  # only a head start: the first launch computes whatever is missing
         pass
@@ -464,7 +418,8 @@ class TritonStep:
             self.cos, self.sin = rope.cos.contiguous(), rope.sin.contiguous()  # (context, d_head / 2) fp32
         else:
             self.cos = self.sin = torch.zeros(1, device=dev)
-        self.block_b = _pow2(B)
+        self.block_b = min(_pow2(B), MAX_BLOCK_B)
+        self.chunks = -(-B // self.block_b)  # the matrix-vector kernels' second grid axis
         self.block_d = _pow2(dh)
         self.n_blocks = -(-cfg.context_length // ATTENTION_BLOCK)
         self.x = torch.zeros(B, D, dtype=dtype, device=dev)  # the residual stream
@@ -499,7 +454,7 @@ class TritonStep:
     def launches(self, token_in: torch.Tensor, position: torch.Tensor, logits_out: torch.Tensor) -> list[tuple]:
         """The step's kernel launches in order, as (kernel, grid, args, kwargs)."""
         c, m = self.cfg, self.model
-        B, BB, D, H, dh, eps, C = self.batch, self.block_b, c.d_model, c.num_heads, c.d_head, c.rmsnorm_eps, c.context_length
+        B, BB, NB, D, H, dh, eps, C = self.batch, self.block_b, self.chunks, c.d_model, c.num_heads, c.d_head, c.rmsnorm_eps, c.context_length
         F, V = c.ffn_dim, c.vocab_size
         x, t = self.x, self.tiles
         qkv_p, qkv_k = t["qkv"]
@@ -510,7 +465,7 @@ class TritonStep:
             ln2 = layer.ln2.weight if self.norms else x
             w3 = layer.ffn.w3.weight if self.gated else layer.ffn.w1.weight
             out += [
-                (_norm_qkv_rope_kernel, (3 * D // (2 * qkv_p),),
+                (_norm_qkv_rope_kernel, (3 * D // (2 * qkv_p), NB),
                  (x, ln1, layer.attn.qkv_proj.weight, self.cos, self.sin, position, self.q, cache.k, cache.v, eps, C, B),
                  dict(D=D, DH=dh, HAS_NORM=self.norms, ROPE=self.rope, BLOCK_B=BB, BLOCK_P=qkv_p, BLOCK_K=qkv_k)),
                 (_attention_block_kernel, (B * H, self.n_blocks),
@@ -520,70 +475,14 @@ class TritonStep:
                 (_attention_combine_kernel, (B * H,),
                  (self.block_max, self.block_sum, self.block_acc, position, self.att, H, self.n_blocks),
                  dict(DH=dh, BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK, BLOCK_J=_pow2(self.n_blocks))),
-                (_gemv_residual_kernel, (-(-D // ao_n),), (self.att, layer.attn.output_proj.weight, x, D, B),
+                (_gemv_residual_kernel, (-(-D // ao_n), NB), (self.att, layer.attn.output_proj.weight, x, D, B),
                  dict(K=D, BLOCK_B=BB, BLOCK_N=ao_n, BLOCK_K=ao_k)),
-                (_norm_ffn_in_kernel, (-(-F // fi_n),), (x, ln2, layer.ffn.w1.weight, w3, self.ffn, eps, F, B),
+                (_norm_ffn_in_kernel, (-(-F // fi_n), NB), (x, ln2, layer.ffn.w1.weight, w3, self.ffn, eps, F, B),
                  dict(D=D, HAS_NORM=self.norms, GATED=self.gated, BLOCK_B=BB, BLOCK_N=fi_n, BLOCK_K=fi_k)),
-                (_gemv_residual_kernel, (-(-D // fo_n),), (self.ffn, layer.ffn.w2.weight, x, D, B),
+                (_gemv_residual_kernel, (-(-D // fo_n), NB), (self.ffn, layer.ffn.w2.weight, x, D, B),
                  dict(K=F, BLOCK_B=BB, BLOCK_N=fo_n, BLOCK_K=fo_k)),
             ]
         final = m.ln_final.weight if self.norms else x
-        out.append((_norm_head_kernel, (-(-V // hd_n),), (x, final, m.lm_head.weight, logits_out, self.raw, eps, V, B),
+        out.append((_norm_head_kernel, (-(-V // hd_n), NB), (x, final, m.lm_head.weight, logits_out, self.raw, eps, V, B),
                     dict(D=D, HAS_NORM=self.norms, BLOCK_B=BB, BLOCK_N=hd_n, BLOCK_K=hd_k)))
         return out
-
-
-# Vocabulary entries per program of the sampler's first kernel.
-SAMPLE_BLOCK = 1024
-
-
-class TritonSampler:
-    """Sampling and a step's bookkeeping in two kernels (top-p = 1; the top-k values come from ``torch.topk``).
-
-    Stands in for :func:`lm.decode.sampling.sample_rows` at batch 1 without a
-    nucleus, the noise made for it, the probability ``softmax(logits)[token]`` and the four writes that
-    end a step: ~13 small kernels in torch, two of them single-block reductions
-    over the vocabulary (slow ones: docs/performance.md, Decoding). The noise comes from Philox
-    inside the kernel, keyed by ``seed`` (set per reply) and ``draws`` (the
-    steps since), so the same seed gives the same tokens (Philox, not the
-    torch sampler's hash: the two paths draw different noise for one seed).
-    """
-
-    collect: list | None = None
-    """When a list, calls append their launches to it instead of running them (see :func:`precompile`)."""
-
-    def __init__(self, vocab_size: int, device):
-        self.vocab_size = V = vocab_size
-        self.blocks = -(-V // SAMPLE_BLOCK)
-        self.score = torch.zeros(self.blocks, dtype=torch.float32, device=device)
-        self.index = torch.zeros(self.blocks, dtype=torch.long, device=device)
-        self.max = torch.zeros(self.blocks, dtype=torch.float32, device=device)
-        self.sum = torch.zeros(self.blocks, dtype=torch.float32, device=device)
-        self.seed = torch.zeros(1, dtype=torch.long, device=device)
-        self.draws = torch.zeros(1, dtype=torch.long, device=device)
-
-    def start(self, seed: int) -> None:
-        """A new reply: noise from ``seed`` (below 2^62), draw counter at 0."""
-        self.seed.fill_(seed % (1 << 62))
-        self.draws.zero_()
-
-    def __call__(self, logits, raw, neg_inv_temperature, top_k, position, out_tokens, out_probs, token_in,
-                 greedy: bool) -> None:
-        """Sample from fp32 ``logits`` (V,); ``raw`` is them in the model's dtype (for ``topk``)."""
-        top = raw.topk(top_k, sorted=False).values if top_k and not greedy else logits
-        _launch(self.launches(logits, top, neg_inv_temperature, top_k, position, out_tokens, out_probs, token_in,
-                              greedy), self.collect)
-
-    def launches(self, logits, top, neg_inv_temperature, top_k, position, out_tokens, out_probs, token_in,
-                 greedy: bool) -> list[tuple]:
-        """The two kernel launches of a call, as (kernel, grid, args, kwargs); ``top``: the top-k values."""
-        return [
-            (_sample_blocks_kernel, (self.blocks,),
-             (logits, top, self.seed, self.draws, neg_inv_temperature, self.score, self.index, self.max, self.sum,
-              self.vocab_size, top_k),
-             dict(GREEDY=greedy, TOP_K=bool(top_k) and not greedy, BLOCK=SAMPLE_BLOCK, BLOCK_TOPK=_pow2(max(top_k, 1)))),
-            (_sample_finish_kernel, (1,),
-             (logits, self.score, self.index, self.max, self.sum, position, self.draws, out_tokens, out_probs, token_in,
-              self.blocks),
-             dict(BLOCK_B=_pow2(self.blocks))),
-        ]
