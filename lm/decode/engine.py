@@ -79,7 +79,7 @@ class StepMode:
     top_k: int
     """The largest top-k of the live rows (0: none has one); each row's own k is on the device."""
     nucleus: bool
-    """Some live row cuts to a top-p nucleus (a sort of the vocabulary per step)."""
+    """Some live row cuts to a top-p nucleus (in torch, a sort of the vocabulary per step)."""
 
     @classmethod
     def of(cls, params: Iterable[SamplingParams], vocab_size: int) -> StepMode:
