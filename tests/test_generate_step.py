@@ -229,13 +229,7 @@ print(worst)
 
 @pytest.mark.slow
 def test_triton_kernels_match_the_torch_step_in_the_interpreter():
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), env_path()]))
-    proc = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-4
+    assert float(run_in_interpreter(INTERPRETER_CHECK)) < 1e-4
 
 
 SAMPLER_CHECK = r"""
@@ -288,13 +282,18 @@ print("ok", seen_outside)
 def test_triton_sampler_gives_sample_rows_tokens_in_the_interpreter():
     """Greedy, temperature, top-k and top-p rows in one batch, a dead row, the nucleus's loop: every token is
     sample_rows's on the same noise, and the step's bookkeeping is the torch engine's."""
+    assert run_in_interpreter(SAMPLER_CHECK).startswith("ok")
+
+
+def run_in_interpreter(script: str) -> str:
+    """Run ``script`` in a fresh Python with Triton's CPU interpreter; it must exit 0. Its last output line."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(root), env_path()]))
-    proc = subprocess.run([sys.executable, "-c", SAMPLER_CHECK], capture_output=True, text=True, env=env,
-                          cwd=root, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("ok")
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def env_path() -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from lm.decode.launches import pow2, run_launches
 try:
     import triton
     import triton.language as tl
@@ -38,9 +39,6 @@ except ImportError:  # no Triton: the engine samples in torch
 # Vocabulary entries per program of the multi-block kernels (and per loop of the per-row ones).
 SAMPLE_BLOCK = 1024
 
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
 
 
 if triton is not None:
@@ -264,7 +262,7 @@ class TritonSampler:
             values = raw.topk(max_top_k, dim=-1, sorted=True).values
             kth = values.gather(1, (k.clamp(1, max_top_k) - 1).view(-1, 1)).view(-1).to(torch.float32)
             self.kth.copy_(torch.where(k > 0, kth, float("-inf")))
-        _launch(self.launches(logits, out_tokens, out_probs, greedy=greedy, top_k=top_k, nucleus=nucleus and not greedy),
+        run_launches(self.launches(logits, out_tokens, out_probs, greedy=greedy, top_k=top_k, nucleus=nucleus and not greedy),
                 self.collect)
 
     def launches(self, logits, out_tokens, out_probs, *, greedy: bool, top_k: bool, nucleus: bool) -> list[tuple]:
@@ -279,7 +277,7 @@ class TritonSampler:
             (_race_combine, (B,),
              (logits, self.score, self.index, self.stats, self.cand, self.norms, out_tokens, out_probs, r["token"],
               r["position"], r["draws"], r["live"], r["stop_at"], V, C, NB),
-             dict(NUCLEUS=nucleus, BLOCK_NB=_pow2(NB))),
+             dict(NUCLEUS=nucleus, BLOCK_NB=pow2(NB))),
         ]
         if nucleus:
             common = (logits, self.kth, r["inv_temperature"], r["top_p"], r["seed"], r["draws"], self.cand, self.norms,
@@ -288,14 +286,7 @@ class TritonSampler:
                 (_nucleus_blocks, (NB, B), (*common, V, NB), dict(TOP_K=top_k, BLOCK=SAMPLE_BLOCK, **exact)),
                 (_nucleus_finish, (B,),
                  (*common, out_tokens, out_probs, r["token"], r["position"], r["live"], r["stop_at"], V, C, NB),
-                 dict(TOP_K=top_k, BLOCK=SAMPLE_BLOCK, BLOCK_NB=_pow2(NB), **exact)),
+                 dict(TOP_K=top_k, BLOCK=SAMPLE_BLOCK, BLOCK_NB=pow2(NB), **exact)),
             ]
         return out
 
-
-def _launch(launches: list[tuple], collect: list | None) -> None:
-    if collect is not None:
-        collect.extend(launches)
-        return
-    for kernel, grid, args, kwargs in launches:
-        kernel[grid](*args, **kwargs)

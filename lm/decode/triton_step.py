@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from lm.decode import triton_sampler
+from lm.decode.launches import pow2, run_launches
 
 try:
     import triton
@@ -66,7 +67,7 @@ def tile(kind: str, block_b: int, columns: int) -> tuple[int, int]:
     alone or batched. Larger batches take fewer weight rows instead, down to one.
     """
     rows, cols = TILES[kind]
-    return max(1, rows // block_b), min(cols, _pow2(columns))
+    return max(1, rows // block_b), min(cols, pow2(columns))
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -372,18 +373,6 @@ def precompile(launches: list[tuple], threads: int | None = None) -> int:
     return len(unique)
 
 
-def _launch(launches: list[tuple], collect: list | None) -> None:
-    if collect is not None:
-        collect.extend(launches)
-        return
-    for kernel, grid, args, kwargs in launches:
-        kernel[grid](*args, **kwargs)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
 class TritonStep:
     """The decode step of ``model`` for B slots in Triton kernels: same call as :class:`lm.decode.torch_step.TorchStep`.
 
@@ -418,9 +407,9 @@ class TritonStep:
             self.cos, self.sin = rope.cos.contiguous(), rope.sin.contiguous()  # (context, d_head / 2) fp32
         else:
             self.cos = self.sin = torch.zeros(1, device=dev)
-        self.block_b = min(_pow2(B), MAX_BLOCK_B)
+        self.block_b = min(pow2(B), MAX_BLOCK_B)
         self.chunks = -(-B // self.block_b)  # the matrix-vector kernels' second grid axis
-        self.block_d = _pow2(dh)
+        self.block_d = pow2(dh)
         self.n_blocks = -(-cfg.context_length // ATTENTION_BLOCK)
         self.x = torch.zeros(B, D, dtype=dtype, device=dev)  # the residual stream
         self.q = torch.zeros(B, D, dtype=dtype, device=dev)
@@ -448,7 +437,7 @@ class TritonStep:
         """Logits (B, V) in the model's dtype for ``token_in`` (B,) at ``position`` (B,), one per slot; also
         into ``logits_out`` (fp32, B x V entries) if given. Writes each token's K/V into its row of the caches."""
         out = logits_out if logits_out is not None else torch.empty(self.batch, self.cfg.vocab_size, device=self.x.device)
-        _launch(self.launches(token_in, position, out), self.collect)
+        run_launches(self.launches(token_in, position, out), self.collect)
         return self.raw
 
     def launches(self, token_in: torch.Tensor, position: torch.Tensor, logits_out: torch.Tensor) -> list[tuple]:
@@ -459,7 +448,7 @@ class TritonStep:
         x, t = self.x, self.tiles
         qkv_p, qkv_k = t["qkv"]
         (ao_n, ao_k), (fi_n, fi_k), (fo_n, fo_k), (hd_n, hd_k) = t["attn_out"], t["swiglu"], t["ffn_out"], t["head"]
-        out = [(_embed_kernel, (B,), (m.token_embeddings.weight, token_in, x), dict(D=D, BLOCK=_pow2(D)))]
+        out = [(_embed_kernel, (B,), (m.token_embeddings.weight, token_in, x), dict(D=D, BLOCK=pow2(D)))]
         for layer, cache in zip(m.layers, self.caches):
             ln1 = layer.ln1.weight if self.norms else x
             ln2 = layer.ln2.weight if self.norms else x
@@ -474,7 +463,7 @@ class TritonStep:
                  dict(DH=dh, BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK)),
                 (_attention_combine_kernel, (B * H,),
                  (self.block_max, self.block_sum, self.block_acc, position, self.att, H, self.n_blocks),
-                 dict(DH=dh, BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK, BLOCK_J=_pow2(self.n_blocks))),
+                 dict(DH=dh, BLOCK_D=self.block_d, BLOCK_L=ATTENTION_BLOCK, BLOCK_J=pow2(self.n_blocks))),
                 (_gemv_residual_kernel, (-(-D // ao_n), NB), (self.att, layer.attn.output_proj.weight, x, D, B),
                  dict(K=D, BLOCK_B=BB, BLOCK_N=ao_n, BLOCK_K=ao_k)),
                 (_norm_ffn_in_kernel, (-(-F // fi_n), NB), (x, ln2, layer.ffn.w1.weight, w3, self.ffn, eps, F, B),
