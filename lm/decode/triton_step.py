@@ -340,12 +340,14 @@ def precompile(launches: list[tuple], threads: int | None = None) -> int:
     before their first launch, several at once; returns the number of distinct specializations.
 
     Triton compiles a kernel at its first launch with new argument types or
-    constexprs, one after another: a step has about eight distinct ones (its
-    layers share theirs), ~0.1-0.5 s each, so a first reply on a machine with
-    an empty Triton cache waited seconds (docs/performance.md, Serving). Most of
-    a compile (MLIR passes, LLVM, ptxas) runs outside the GIL, so on threads they
-    take about as long as the slowest. Errors are left to the real launch, which
-    reports them where they happen. Kernels already in Triton's caches only load.
+    constexprs, one after another: a step and its sampler have about fifteen
+    distinct ones (the layers share theirs), ~0.1-0.5 s each, and on CUDA each
+    also loads its module and builds its launcher, so a first reply on a machine
+    with an empty Triton cache waited seconds (docs/performance.md, Serving).
+    ptxas and the launcher's C compiler run as subprocesses and some MLIR/LLVM
+    work releases the GIL, so on threads they overlap. Errors are left to the real
+    launch, which reports them where they happen. Kernels already in Triton's
+    caches only load.
     """
     unique: dict[tuple, tuple] = {}
     for kernel, grid, args, kwargs in launches:
@@ -360,7 +362,13 @@ def precompile(launches: list[tuple], threads: int | None = None) -> int:
         # A thread starts on CUDA device 0; Triton keys its kernels by the current device.
         with torch.cuda.device(device) if device is not None and device.type == "cuda" else contextlib.nullcontext():
             for grid, args, kwargs in by_kernel[kernel]:
-                kernel.warmup(*args, grid=grid, **kwargs)
+                compiled = kernel.warmup(*args, grid=grid, **kwargs)
+                # What the first launch does next: load the module and make the launcher, which Triton
+                # 3.6 (torch 2.11's) builds per signature with a C compiler, ~0.3 s each, one after
+                # another during the first reply. gcc runs outside the GIL, so here they overlap.
+                init_handles = getattr(compiled, "_init_handles", None)
+                if init_handles is not None and device is not None and device.type == "cuda":
+                    init_handles()
 
     kernels = list(by_kernel)
     try:
