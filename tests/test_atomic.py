@@ -97,7 +97,8 @@ def _writers(tmp_path: Path):
     from lm.checkpoint_file import save_checkpoint
     from lm.config.loader import load_experiment_text, write_resolved
     from lm.data import builtin, download
-    from lm.runs import atomic_write_json, truncate_jsonl_after_step
+    from lm.records import truncate_jsonl_after_step
+    from lm.runs import atomic_write_json
     from lm.tokenizer import Tokenizer
     from lm.tokenizer.gpt2_files import write_tokenizer_files
     from lm.train.run_checkpoints import CheckpointDir

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab.queue.store import QueueStore
-from lm.runs import MetricsTail
+from lm.records import MetricsTail
 
 PROJECT = Path(__file__).resolve().parent.parent
 

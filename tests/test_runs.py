@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from lm.config.schema import ExperimentConfig
 from lm.errors import CheckpointError
-from lm.runs import (JsonLinesWriter, MetricsTail, RunDir, atomic_write_json, list_runs, new_run_dir,
-                     truncate_jsonl_after_step)
+from lm.records import JsonLinesWriter, MetricsTail, truncate_jsonl_after_step
+from lm.runs import RunDir, atomic_write_json, list_runs, new_run_dir
 
 
 def write_status(path, **fields):

@@ -79,7 +79,7 @@ def test_run_tail_reads_only_new_complete_lines_and_restarts_after_a_rewrite(tmp
     tail.poll()
     assert len(tail.series["loss"]) == 11 and tail.series["loss"].last == 1.5
     # A resume drops records after its checkpoint by rewriting the file: the tail starts over.
-    from lm.runs import truncate_jsonl_after_step
+    from lm.records import truncate_jsonl_after_step
 
     truncate_jsonl_after_step(run / "metrics.jsonl", 50)
     tail.poll()

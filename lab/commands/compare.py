@@ -38,7 +38,7 @@ def run(args) -> int:
     from lab.views.formats import format_value as format_metric
     from lab.views.plots import render_plot
     from lm.errors import LabError
-    from lm.runs import json_safe
+    from lm.records import json_safe
 
     if args.smooth is not None and args.smooth < 0:
         raise LabError(f"--smooth must be 0 or more, got {args.smooth}")

@@ -136,7 +136,8 @@ class SweepRunner(QueueRunner):
     # ---- watching live trials ------------------------------------------------------
 
     def on_started(self, job: Job, entry: QueueEntry) -> None:
-        from lm.runs import MetricsTail, RunDir
+        from lm.records import MetricsTail
+        from lm.runs import RunDir
 
         trial = self.trials[entry.id]
         trial.set_user_attr("run_dir", str(job.run_dir))

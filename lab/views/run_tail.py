@@ -1,7 +1,7 @@
 """What the monitor knows about one run, kept up to date by reading only what was appended.
 
 :class:`RunTail` wraps the run directory readers of :mod:`lm.runs`: a
-:class:`~lm.runs.MetricsTail` per JSON-lines file (byte offsets, complete lines
+:class:`~lm.records.MetricsTail` per JSON-lines file (byte offsets, complete lines
 only, a reset when a resume rewrote the file), a ``stat()`` before each read so
 an idle run costs one system call per poll, and a :class:`MinMaxSeries` per
 metric so a run of any length is drawn from at most ``max_points`` points.
@@ -68,7 +68,8 @@ class RunTail:
     """Incremental reader of one run directory (use from one thread at a time)."""
 
     def __init__(self, path: str | os.PathLike, max_points: int = 2000, max_events: int = 500):
-        from lm.runs import MetricsTail, RunDir
+        from lm.records import MetricsTail
+        from lm.runs import RunDir
 
         self.run = RunDir(path)
         self.max_points = max_points

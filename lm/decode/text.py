@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lm.decode.engine import Engine, Notice, Request
+from lm.decode.engine import Engine
+from lm.decode.request import Notice, Request
 from lm.decode.load import eos_token_id, token_byte_table
 from lm.decode.sampling import SamplingParams
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lm.processes import identity
-from lm.runs import (EVENTS_FILE, METRICS_FILE, STATUS_FILE, JsonLinesWriter, RunDir, atomic_write_json,
-                     truncate_jsonl_after_step)
+from lm.records import JsonLinesWriter, truncate_jsonl_after_step
+from lm.runs import EVENTS_FILE, METRICS_FILE, STATUS_FILE, RunDir, atomic_write_json
 
 Progress = Callable[[str, dict], None]
 
