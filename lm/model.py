@@ -43,7 +43,12 @@ class Linear(nn.Module):
         nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return einx.dot("... d_in, d_out d_in -> ... d_out", x, self.weight)
+        w = self.weight
+        if torch.is_autocast_enabled(x.device.type):
+            # The cast autocast would make, made here on the 2-D parameter, where a checkpoint policy
+            # can name it (training.activation_checkpointing = "weights" recomputes it in backward).
+            w = w.to(torch.get_autocast_dtype(x.device.type))
+        return einx.dot("... d_in, d_out d_in -> ... d_out", x, w)
 
 
 class Embedding(nn.Module):

@@ -81,3 +81,25 @@ def test_command_modules_do_not_import_torch_at_import_time():
     code = ("import sys, lab.commands.calc, lab.commands.bench; "
             "assert 'torch' not in sys.modules and 'lm.calc' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_calc_follows_the_experiments_checkpointing_and_the_flag_overrides_it(tmp_path, capsys):
+    """training.activation_checkpointing is what `lab calc EXPERIMENT` sizes; --checkpointing MODE beats it.
+    'weights' keeps the activations and drops the blocks' bf16 weight copies from the peak."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text('name = "t"\n[model]\npreset = "medium"\n[training]\nbatch_size = 4\n'
+                   'activation_checkpointing = "weights"\ncompile = "on"\n')
+
+    def peak(*flags):
+        assert main(["calc", str(exp), "--device", "h200", "--json", *flags]) == 0
+        est = json.loads(capsys.readouterr().out)["estimates"][0]
+        return est["settings"], est["memory"]
+
+    s_w, m_w = peak()
+    assert s_w["recompute_weight_copies"] is True and s_w["activation_checkpointing"] is False
+    s_n, m_n = peak("--checkpointing", "none")
+    assert s_n["recompute_weight_copies"] is False
+    assert m_w["activations"] == m_n["activations"]
+    assert m_n["peak"] - m_w["peak"] > 0.5 * m_n["weight_copies"]  # most copies are gone at the peak
+    s_f, m_f = peak("--checkpointing")  # no value: full
+    assert s_f["activation_checkpointing"] is True and m_f["peak"] < m_w["peak"]

@@ -62,6 +62,7 @@ class Estimate:
             "device": self.device.to_dict(),
             "settings": {"batch_size": s.batch_size, "context_length": s.context_length, "dtype": s.dtype,
                          "grad_accum": s.grad_accum, "activation_checkpointing": s.activation_checkpointing,
+                         "recompute_weight_copies": s.recompute_weight_copies,
                          "compile": s.compile, "grad_clip": s.grad_clip, "tokens_per_step": s.tokens_per_step,
                          "optimizer": s.optimizer},
             "efficiency": {n: getattr(self.efficiency, n) for n in Efficiency.field_names()},
@@ -86,7 +87,7 @@ def _split(cfg_or_exp) -> tuple[ModelConfig, object | None]:
 
 
 def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, context_length=None, dtype=None,
-                     grad_accum=None, activation_checkpointing=False, compile=None, grad_clip=None,
+                     grad_accum=None, activation_checkpointing=None, compile=None, grad_clip=None,
                      engine: str = "fused") -> tuple[ModelConfig, Settings]:
     """Fill unspecified settings from the experiment (or training defaults) and the device's defaults."""
     model, exp = _split(cfg_or_exp)
@@ -101,6 +102,7 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
         dt = "bf16" if device.bf16_autocast else "fp32"
     if dt == "tf32":
         dt = "fp32"  # fp32 training; on CUDA its matmuls run in TF32 anyway
+    ac = activation_checkpointing if activation_checkpointing is not None else training.activation_checkpointing
     comp = compile if compile is not None else training.compile
     if isinstance(comp, str):
         if comp not in ("auto", "on", "off"):
@@ -113,7 +115,8 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
                  batch_size=int(batch_size if batch_size is not None else training.batch_size),
                  context_length=int(T), dtype=dt,
                  grad_accum=int(grad_accum if grad_accum is not None else training.grad_accum),
-                 activation_checkpointing=_checkpointing(activation_checkpointing), compile=bool(comp),
+                 activation_checkpointing=_checkpointing(ac),
+                 recompute_weight_copies=ac == "weights", compile=bool(comp),
                  grad_clip=bool(clip), engine=engine)
     problems += s.problems()
     if problems:
@@ -122,9 +125,10 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
 
 
 def _checkpointing(value) -> bool:
-    """``activation_checkpointing`` as a bool or as training.activation_checkpointing's name."""
+    """``activation_checkpointing`` as a bool or as training.activation_checkpointing's name
+    ('weights' keeps the activations: see Settings.recompute_weight_copies)."""
     if isinstance(value, str):
-        return value not in ("", "none")
+        return value not in ("", "none", "weights")
     return bool(value)
 
 
@@ -200,7 +204,7 @@ def _verdict(model, device, s: Settings, params, mem: MemoryEstimate, t: TimeEst
 
 
 def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=None, dtype=None, grad_accum=None,
-             activation_checkpointing=False, compile=None, efficiency: Efficiency | None = None,
+             activation_checkpointing=None, compile=None, efficiency: Efficiency | None = None,
              grad_clip: bool | None = None, devices_file=None, engine: str = "fused") -> Estimate:
     """Size a training configuration on a device.
 
@@ -208,7 +212,8 @@ def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=No
     the defaults) or a bare ModelConfig (training defaults). ``device``: a
     profile key (``rtx4090``), a torch device name, or a DeviceProfile.
     ``dtype``: 'fp32', 'bf16' or 'auto' (bf16 where the device supports it).
-    ``compile``: True/False or 'auto'/'on'/'off'. ``engine``: see Settings.engine.
+    ``compile``: True/False or 'auto'/'on'/'off'. ``activation_checkpointing``: True/False or a
+    training.activation_checkpointing name (None: the experiment's). ``engine``: see Settings.engine.
     Raises ConfigError on bad settings and LabError (listing known devices) on an unknown device.
     """
     dev = get_device(device, devices_file)
@@ -248,7 +253,7 @@ def time_estimate(model: ModelConfig, dev: DeviceProfile, s: Settings, eff: Effi
 
 
 def max_batch_size(exp_cfg_or_model_cfg, device, *, context_length=None, dtype=None, grad_accum=None,
-                   activation_checkpointing=False, compile=None, devices_file=None, limit: int = 1 << 20) -> int:
+                   activation_checkpointing=None, compile=None, devices_file=None, limit: int = 1 << 20) -> int:
     """The largest batch size whose training step fits the device's memory (0 if none)."""
     dev = get_device(device, devices_file)
     model, s = resolve_settings(exp_cfg_or_model_cfg, dev, batch_size=1, context_length=context_length,

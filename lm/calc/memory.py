@@ -130,16 +130,20 @@ def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Acti
     cp_layer = act.detail.get("weight_copies_per_layer", 0.0)
     kept = act.per_layer_kept
     full = act.per_layer
-    # Without checkpointing the copies are saved by the matmuls; with it none is (the blocks' copies
-    # die with autocast's cache when the forward's autocast region ends).
-    layer_copies_kept = 0.0 if s.activation_checkpointing else L * cp_layer
+    # Without checkpointing the copies are saved by the matmuls; with it none is, nor when they are
+    # recast in backward (recompute_weight_copies): then only the block that runs holds its copies.
+    copies_recomputed = s.activation_checkpointing or s.recompute_weight_copies
+    layer_copies_kept = 0.0 if copies_recomputed else L * cp_layer
 
     fused = s.engine == "fused"
     compiled_loss = fused and s.compile  # LM head + cross-entropy fused by Inductor
     cp_head = act.detail.get("lm_head_copy", 0.0)
     logits_var = 0.0 if fused else act.loss["logits"]  # the unfused loop's variable holds the logits
     phases: dict[str, float] = {}
-    model_fwd_end = static + g_acc + L * kept + head_acts + L * cp_layer + cp_head + logits_var
+    # A recomputed copy lives only while its block runs (Linear casts its own weight, so autocast's
+    # cache, which would hold every copy to the end of the forward, never sees it).
+    fwd_copies = cp_layer if copies_recomputed else L * cp_layer
+    model_fwd_end = static + g_acc + L * kept + head_acts + fwd_copies + cp_head + logits_var
     after_fwd = static + g_acc + L * kept + head_acts + layer_copies_kept + cp_head
     if compiled_loss:
         a = 2.0 if autocast else 4.0
@@ -167,7 +171,7 @@ def estimate_memory(cfg: ModelConfig, s: Settings, params: ParamCount, act: Acti
     worst_layer, worst_i = 0.0, L
     for i in range(L, 0, -1):  # block i runs backward; blocks 1..i-1 still hold their activations
         made = g_acc if accumulating else 4.0 * (head_params + (L - i) * per_layer_params)
-        copies = (cp_layer if s.activation_checkpointing else i * cp_layer)
+        copies = (cp_layer if copies_recomputed else i * cp_layer)
         base = (static + made + act.head.get("embedding.indices", 0.0) + (i - 1) * kept + full + copies
                 + logits_var)
         alive = base + max(ffn_extra, attn_extra)

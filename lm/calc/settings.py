@@ -47,6 +47,9 @@ class Settings:
     """Micro-batches per optimizer step; gradients stay allocated across them."""
     activation_checkpointing: bool = False
     """Recompute each block in backward instead of keeping its activations."""
+    recompute_weight_copies: bool = False
+    """Keep every activation but recast the weights' bf16 copies in backward instead of keeping them
+    (training.activation_checkpointing = 'weights')."""
     compile: bool = False
     """torch.compile: fewer, fused elementwise kernels."""
     grad_clip: bool = True

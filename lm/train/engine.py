@@ -16,7 +16,9 @@ decides how it is run, for the trainer and the benchmarks alike:
   ``full`` keeps only each block's input and recomputes the block in backward;
   ``selective`` keeps the outputs of the matmuls and attention (the expensive
   ops) and recomputes only the cheap elementwise ones (norms, RoPE, SiLU,
-  dropout masks are replayed from the saved RNG state).
+  dropout masks are replayed from the saved RNG state); ``weights`` keeps
+  every activation and recomputes only the bf16 copies of the weights, which a
+  compiled block otherwise keeps for its backward (2 bytes per parameter).
 - **A persistent compile cache** under the lab cache (``~/.cache/lab/inductor``
   unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise), so a second run of the
   same shapes skips most of Inductor's and Triton's work.
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
-CHECKPOINTING = ("none", "full", "selective")
+CHECKPOINTING = ("none", "full", "selective", "weights")
 CUDA_GRAPH_MAX_PARAMS = 50_000_000
 """Below this many parameters a CUDA step is launch-bound: where CUDA graphs would help (opt-in)."""
 
@@ -96,7 +98,8 @@ def prepare(model: torch.nn.Module, plan: CompilePlan, checkpointing: str = "non
     if checkpointing not in CHECKPOINTING:
         raise ValueError(f"activation checkpointing must be one of {CHECKPOINTING}, got {checkpointing!r}")
     if checkpointing != "none":
-        enable_checkpointing(model, selective=checkpointing == "selective")
+        enable_checkpointing(model, policy=None if checkpointing == "full" else checkpointing,
+                             compiled=plan.compile)
     if plan.compile:
         # Dynamo re-guards each block (it recompiled per layer on an H200 with torch 2.11) and falls
         # back to eager after recompile_limit (8) entries: deeper models must stay compiled. The
@@ -120,45 +123,98 @@ def step_begin(plan: CompilePlan) -> None:
 
 # ----------------------------------------------------------------------------- checkpointing
 
-def _selective_policy():
+def _policy(name: str):
+    """The op-by-op policy of a selective checkpoint: ``selective`` or ``weights``."""
     from torch.utils.checkpoint import CheckpointPolicy
 
     aten = torch.ops.aten
-    keep = {aten.mm.default, aten.addmm.default, aten.bmm.default,
-            aten._scaled_dot_product_flash_attention.default,
-            aten._scaled_dot_product_efficient_attention.default,
-            aten._scaled_dot_product_cudnn_attention.default}
+    if name == "selective":
+        keep = {aten.mm.default, aten.addmm.default, aten.bmm.default,
+                aten._scaled_dot_product_flash_attention.default,
+                aten._scaled_dot_product_efficient_attention.default,
+                aten._scaled_dot_product_cudnn_attention.default}
+
+        def policy(ctx, op, *args, **kwargs):
+            return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+        return policy
+    # "weights": keep every activation, recompute only the low-precision copies of the weights. The
+    # matmuls' backward needs them, so without this a compiled block saves a bf16 copy of each of
+    # its matrices (2 bytes per parameter) until its backward runs; recasting costs 6 bytes of memory
+    # traffic per parameter in backward. A 2-D cast is a weight's (Linear casts its parameter itself
+    # under autocast; activations are 3-D or more), and the views on its way to the matmul follow it.
+    views = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default,
+             aten.unsqueeze.default, aten.permute.default, aten.t.default, aten.transpose.int, aten.alias.default}
+    fresh = {aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default, aten.new_empty.default}
 
     def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+        if op is aten._to_copy.default and isinstance(args[0], torch.Tensor) and args[0].dim() == 2:
+            return CheckpointPolicy.MUST_RECOMPUTE
+        if op in views and isinstance(args[0], torch.Tensor) and _weight_like(args[0]):
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        if op in fresh or op._schema.is_mutable:
+            # Eager SAC refuses a cached output that is mutated later (SDPA's math dropout fills an
+            # empty tensor in place): such buffers are replayed, with the RNG state checkpoint restores.
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.PREFER_SAVE
     return policy
+
+
+def _weight_like(t: torch.Tensor) -> bool:
+    """A tensor on a weight's way to a matmul: 2-D, or a 2-D one with unit dimensions added at either
+    end (how einx lays a matrix out for ``bmm``). Activations keep their batch and sequence axes."""
+    return t.dim() <= 2 or (t.shape[0] == 1 or t.shape[-1] == 1) and sum(n > 1 for n in t.shape) <= 2
 
 
 def _selective_context():
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(_selective_policy())
+    return create_selective_checkpoint_contexts(_policy("selective"))
 
 
-def enable_checkpointing(model: torch.nn.Module, selective: bool = False) -> None:
+def _weights_context():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_policy("weights"))
+
+
+def enable_checkpointing(model: torch.nn.Module, policy: str | None = None, *, compiled: bool = False) -> None:
     """Recompute each block in backward (non-reentrant torch.utils.checkpoint).
 
-    ``selective``: keep the matmul and attention outputs, recompute the rest.
+    ``policy`` None: keep only each block's input. ``"selective"``: keep the
+    matmul and attention outputs, recompute the rest. ``"weights"``: keep every
+    activation, recompute only the weights' low-precision copies.
+    ``compiled``: the blocks are compiled next, so the checkpoint must trace
+    (Dynamo turns it into one graph whose partition follows the policy).
     Only the block's call is wrapped (an instance attribute over ``forward``),
     so parameters, state-dict names and the model file stay as they are.
     """
-    kwargs = {"context_fn": _selective_context} if selective else {}
+    # context_fn must be a plain function for Dynamo (a lambda or closure is refused under compile).
+    contexts = {None: None, "selective": _selective_context, "weights": _weights_context}
+    if policy not in contexts:
+        raise ValueError(f"checkpoint policy must be one of {list(contexts)}, got {policy!r}")
+    kwargs = {"context_fn": contexts[policy]} if contexts[policy] else {}
     for layer in model.layers:
         inner = layer.forward
 
-        @functools.wraps(inner)
-        def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
-            if kv_cache is not None or not torch.is_grad_enabled():
-                return _inner(x, token_positions, kv_cache)
-            # No early stop: it aborts the recompute by raising inside an op, and einx wraps
-            # exceptions raised inside its operations, which would turn that into a failure.
-            with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+        if compiled:
+            # No early-stop context here: Dynamo skips set_checkpoint_early_stop, and the graph break
+            # left the checkpoint running eagerly around compiled pieces (every policy then saved only
+            # the block's input, and recomputed it all). Traced, a recompute never raises to stop.
+            @functools.wraps(inner)
+            def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
+                if kv_cache is not None or not torch.is_grad_enabled():
+                    return _inner(x, token_positions, kv_cache)
                 return torch.utils.checkpoint.checkpoint(_inner, x, token_positions, None, use_reentrant=False,
                                                          **kwargs)
+        else:
+            @functools.wraps(inner)
+            def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
+                if kv_cache is not None or not torch.is_grad_enabled():
+                    return _inner(x, token_positions, kv_cache)
+                # No early stop: it aborts the recompute by raising inside an op, and einx wraps
+                # exceptions raised inside its operations, which would turn that into a failure.
+                with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+                    return torch.utils.checkpoint.checkpoint(_inner, x, token_positions, None, use_reentrant=False,
+                                                             **kwargs)
 
         layer.forward = checkpointed
