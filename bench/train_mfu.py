@@ -111,11 +111,11 @@ def build_baseline(cfg: ModelConfig, batch: int, device):
     return step, n_flop_params
 
 
-def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "auto"):
+def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "auto", checkpointing: str = "none"):
     from lm.bench.steps import build_workload
 
     work = build_workload(cfg, batch_size=batch, context_length=cfg.context_length, dtype="bf16", device=device,
-                          compile=True, meta_init=True, cuda_graphs=cuda_graphs)
+                          compile=True, meta_init=True, cuda_graphs=cuda_graphs, checkpointing=checkpointing)
     n = sum(p.numel() for p in work.model.parameters())
     if not cfg.tie_embeddings:
         n -= work.model.token_embeddings.weight.numel()
@@ -220,6 +220,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
                     help="lab's training.cuda_graphs (auto, as lab run: on for models under 50M parameters)")
+    ap.add_argument("--checkpointing", default="none", choices=["none", "full", "selective", "weights"],
+                    help="lab's training.activation_checkpointing (the baseline never checkpoints)")
     ap.add_argument("--budget-s", type=float, default=0, help="skip the cases left once this much time has passed")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -241,7 +243,7 @@ def main(argv=None) -> int:
         if args.budget_s and time.perf_counter() - T_START > args.budget_s:
             print(f"{label:>16} skipped: the {args.budget_s:.0f} s budget is spent", flush=True)
             continue
-        impls = [("lab", lambda: build_lab(cfg, batch, device, args.cuda_graphs))]
+        impls = [("lab", lambda: build_lab(cfg, batch, device, args.cuda_graphs, args.checkpointing))]
         if not args.no_baseline:
             impls.append(("baseline", lambda: build_baseline(cfg, batch, device)))
         got = {}
@@ -266,6 +268,7 @@ def main(argv=None) -> int:
     print(f"total {time.perf_counter() - T_START:.0f} s", flush=True)
     if args.json:
         env = {"device": device_name(device), "torch": torch.__version__, "peak_bf16_flops": peak,
+               "lab_checkpointing": args.checkpointing,
                "convention": "6 x params except input embeddings + 12 x layers x d_model x context"}
         Path(args.json).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
     return 0
