@@ -123,25 +123,32 @@ def step_begin(plan: CompilePlan) -> None:
 
 # ----------------------------------------------------------------------------- checkpointing
 
-def _policy(name: str):
-    """The op-by-op policy of a selective checkpoint: ``selective`` or ``weights``."""
+def _selective_policy():
+    """Keep the matmul and attention outputs, recompute the rest."""
     from torch.utils.checkpoint import CheckpointPolicy
 
     aten = torch.ops.aten
-    if name == "selective":
-        keep = {aten.mm.default, aten.addmm.default, aten.bmm.default,
-                aten._scaled_dot_product_flash_attention.default,
-                aten._scaled_dot_product_efficient_attention.default,
-                aten._scaled_dot_product_cudnn_attention.default}
+    keep = {aten.mm.default, aten.addmm.default, aten.bmm.default,
+            aten._scaled_dot_product_flash_attention.default,
+            aten._scaled_dot_product_efficient_attention.default,
+            aten._scaled_dot_product_cudnn_attention.default}
 
-        def policy(ctx, op, *args, **kwargs):
-            return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
-        return policy
-    # "weights": keep every activation, recompute only the low-precision copies of the weights. The
-    # matmuls' backward needs them, so without this a compiled block saves a bf16 copy of each of
-    # its matrices (2 bytes per parameter) until its backward runs; recasting costs 6 bytes of memory
-    # traffic per parameter in backward. A 2-D cast is a weight's (Linear casts its parameter itself
-    # under autocast; activations are 3-D or more), and the views on its way to the matmul follow it.
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+    return policy
+
+
+def _weights_policy():
+    """Keep every activation, recompute only the low-precision copies of the weights.
+
+    The matmuls' backward needs them, so without this a compiled block saves a bf16 copy of each of
+    its matrices (2 bytes per parameter) until its backward runs; recasting costs 6 bytes of memory
+    traffic per parameter in backward. A 2-D cast is a weight's (Linear casts its parameter itself
+    under autocast; activations are 3-D or more), and the views on its way to the matmul follow it.
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    aten = torch.ops.aten
     views = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default,
              aten.unsqueeze.default, aten.permute.default, aten.t.default, aten.transpose.int, aten.alias.default}
     fresh = {aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default, aten.new_empty.default}
@@ -162,19 +169,19 @@ def _policy(name: str):
 def _weight_like(t: torch.Tensor) -> bool:
     """A tensor on a weight's way to a matmul: 2-D, or a 2-D one with unit dimensions added at either
     end (how einx lays a matrix out for ``bmm``). Activations keep their batch and sequence axes."""
-    return t.dim() <= 2 or (t.shape[0] == 1 or t.shape[-1] == 1) and sum(n > 1 for n in t.shape) <= 2
+    return t.dim() <= 2 or ((t.shape[0] == 1 or t.shape[-1] == 1) and sum(n > 1 for n in t.shape) <= 2)
 
 
 def _selective_context():
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(_policy("selective"))
+    return create_selective_checkpoint_contexts(_selective_policy())
 
 
 def _weights_context():
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(_policy("weights"))
+    return create_selective_checkpoint_contexts(_weights_policy())
 
 
 def enable_checkpointing(model: torch.nn.Module, policy: str | None = None, *, compiled: bool = False) -> None:
@@ -196,25 +203,20 @@ def enable_checkpointing(model: torch.nn.Module, policy: str | None = None, *, c
     for layer in model.layers:
         inner = layer.forward
 
-        if compiled:
-            # No early-stop context here: Dynamo skips set_checkpoint_early_stop, and the graph break
-            # left the checkpoint running eagerly around compiled pieces (every policy then saved only
-            # the block's input, and recomputed it all). Traced, a recompute never raises to stop.
-            @functools.wraps(inner)
-            def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
-                if kv_cache is not None or not torch.is_grad_enabled():
-                    return _inner(x, token_positions, kv_cache)
+        @functools.wraps(inner)
+        def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
+            if kv_cache is not None or not torch.is_grad_enabled():
+                return _inner(x, token_positions, kv_cache)
+            if compiled:
+                # No early-stop context: Dynamo skips set_checkpoint_early_stop, and the graph break
+                # left the checkpoint running eagerly around compiled pieces (every policy then saved
+                # only the block's input). Traced, a recompute never raises to stop.
                 return torch.utils.checkpoint.checkpoint(_inner, x, token_positions, None, use_reentrant=False,
                                                          **kwargs)
-        else:
-            @functools.wraps(inner)
-            def checkpointed(x, token_positions=None, kv_cache=None, _inner=inner):
-                if kv_cache is not None or not torch.is_grad_enabled():
-                    return _inner(x, token_positions, kv_cache)
-                # No early stop: it aborts the recompute by raising inside an op, and einx wraps
-                # exceptions raised inside its operations, which would turn that into a failure.
-                with torch.utils.checkpoint.set_checkpoint_early_stop(False):
-                    return torch.utils.checkpoint.checkpoint(_inner, x, token_positions, None, use_reentrant=False,
-                                                             **kwargs)
+            # No early stop: it aborts the recompute by raising inside an op, and einx wraps
+            # exceptions raised inside its operations, which would turn that into a failure.
+            with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+                return torch.utils.checkpoint.checkpoint(_inner, x, token_positions, None, use_reentrant=False,
+                                                         **kwargs)
 
         layer.forward = checkpointed
