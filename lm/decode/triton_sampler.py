@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 
 from lm.decode.launches import pow2, run_launches
+
 try:
     import triton
     import triton.language as tl

@@ -364,7 +364,7 @@ def precompile(launches: list[tuple], threads: int | None = None) -> int:
             for grid, args, kwargs in by_kernel[kernel]:
                 compiled = kernel.warmup(*args, grid=grid, **kwargs)
                 # What the first launch does next: load the module and make the launcher, which Triton
-                # 3.6 (torch 2.11's) builds per signature with a C compiler, ~0.3 s each, one after
+                # 3.6 (torch 2.11's) builds per signature with a C compiler, ~0.2 s each, one after
                 # another during the first reply. gcc runs outside the GIL, so here they overlap.
                 init_handles = getattr(compiled, "_init_handles", None)
                 if init_handles is not None and device is not None and device.type == "cuda":
