@@ -14,6 +14,7 @@ import einx
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lm import functional as LF
 from lm.config.schema import PRESETS, ModelConfig, default_d_ff  # noqa: F401 (re-exported)
@@ -21,6 +22,12 @@ from lm.errors import CheckpointError
 
 
 # ----------------------------------------------------------------------------- layers
+
+# Causal attention without a mask tries cuDNN's fused kernel before flash: on an H100 (torch 2.11,
+# bf16, compiled) it made the whole training step 4.4% faster at small, 4.5% at medium, 2.8% at 2.7B.
+# Shapes or settings cuDNN does not take (dropout, some head sizes) fall through to torch's order.
+_CAUSAL_SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                      SDPBackend.MATH]
 
 def _init_unless_meta(layer: nn.Module) -> None:
     """A layer built on a real device starts initialised; on meta there is nothing to draw (a loader
@@ -196,7 +203,10 @@ class CausalSelfAttention(nn.Module):
             q_pos, k_pos = token_positions, torch.arange(k.shape[-2], device=x.device)
             mask = k_pos[None, :] <= q_pos[:, None]  # (T, context): attend to written slots up to self
         dropout_p = self.cfg.attn_dropout if self.training else 0.0
-        if self.cfg.attention == "sdpa":
+        if self.cfg.attention == "sdpa" and mask is None and q.is_cuda:
+            with sdpa_kernel(_CAUSAL_SDPA_ORDER, set_priority=True):
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif self.cfg.attention == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                                  is_causal=mask is None)
         else:
