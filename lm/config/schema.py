@@ -239,11 +239,13 @@ class TrainingConfig:
     torch's deterministic algorithms (an op that has none stops the run and is named), a fixed cuBLAS
     workspace and Inductor without benchmark-driven kernel choices. Slower: the embedding's backward
     sorts its indices instead of adding atomically. CPU runs repeat bitwise without it."""
-    activation_checkpointing: Literal["none", "full", "selective", "weights"] = "none"
+    activation_checkpointing: Literal["auto", "none", "full", "selective", "weights"] = "auto"
     """Recompute activations in backward to save memory: 'full' keeps only each block's input (one
     extra forward of the blocks); 'selective' keeps matmul and attention outputs and recomputes the
     cheap elementwise ops; 'weights' keeps every activation and recomputes only the bf16 copies of
-    the weights under bf16 autocast (2 bytes per block parameter saved, one re-cast in backward)."""
+    the weights under bf16 autocast (2 bytes per block parameter saved, one re-cast in backward);
+    'auto' is 'weights' for a compiled bf16 step on one GPU that is not captured in CUDA graphs
+    (its cost did not show in the step time), 'none' otherwise."""
     threads: int = 0
     """CPU threads for torch (0 = one fewer than the cores, at least 1: spinning threads
     that compete with other processes for every core slow small models down severely)."""

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
+from lm.auto import checkpointing_auto, cuda_graphs_auto
+
 CHECKPOINTING = ("none", "full", "selective", "weights")
-CUDA_GRAPH_MAX_PARAMS = 50_000_000
-"""Below this many parameters a CUDA step is launch-bound: where CUDA graphs would help (opt-in)."""
+"""The concrete modes; training.activation_checkpointing also takes 'auto' (:func:`resolve_checkpointing`)."""
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,24 @@ def plan_for(compile: bool, device: torch.device, num_params: int, cuda_graphs: 
              distributed: bool = False, checkpointing: str = "none") -> CompilePlan:
     """The plan for a policy's ``compile`` switch and ``training.cuda_graphs`` (auto | on | off).
 
-    'auto' captures CUDA graphs for models under :data:`CUDA_GRAPH_MAX_PARAMS` on one GPU without
-    activation checkpointing: there the step is launch-bound (measured on an H200, torch 2.11: a
-    10.8M model's step took 6.1 ms instead of 12.9), and bench/engine_check.py found the graphed
-    step's gradients equal to the eager step's. Larger models gain nothing and would hold the graphs' memory pools.
-    'on' asks for them at any size (still one process only: DDP/FSDP2 communicate between the
-    captured regions).
+    'auto' follows :func:`lm.auto.cuda_graphs_auto` (bench/engine_check.py found the graphed step's
+    gradients equal to the eager step's). 'on' asks for them at any size (still one process only:
+    DDP/FSDP2 communicate between the captured regions).
     """
     if not compile or device.type != "cuda" or distributed or cuda_graphs == "off":
         return CompilePlan(compile)
     if cuda_graphs == "auto":
-        return CompilePlan(True, num_params < CUDA_GRAPH_MAX_PARAMS and checkpointing == "none")
+        return CompilePlan(True, cuda_graphs_auto(num_params, checkpointing))
     return CompilePlan(True, cuda_graphs == "on")
+
+
+def resolve_checkpointing(setting: str, plan: CompilePlan, device: torch.device, bf16: bool, *,
+                          distributed: bool = False) -> str:
+    """training.activation_checkpointing with 'auto' made concrete (:func:`lm.auto.checkpointing_auto`)."""
+    if setting != "auto":
+        return setting
+    return checkpointing_auto(compiled=plan.compile, cuda_graphs=plan.cuda_graphs, device_type=device.type,
+                              bf16=bf16, distributed=distributed)
 
 
 def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> str:

@@ -130,9 +130,11 @@ class Trainer:
         tr = cfg.training
         self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params(), tr.cuda_graphs,
                                     distributed=self.dist.distributed, checkpointing=tr.activation_checkpointing)
+        self.checkpointing = engine.resolve_checkpointing(tr.activation_checkpointing, self.plan, policy.device,
+                                                          policy.dtype == "bf16", distributed=self.dist.distributed)
         if self.plan.compile:
             engine.use_compile_cache(cfg.data.cache_dir)
-        engine.prepare(self.model, self.plan, tr.activation_checkpointing)
+        engine.prepare(self.model, self.plan, self.checkpointing)
         wrapped = self._parallelize()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
@@ -325,9 +327,11 @@ class Trainer:
                 self.startup["process_s"] = round(age, 3)
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
                       f"{self.policy.device_name} ({self.policy.dtype}, {self.plan.describe()}"
+                      + (f", checkpointing {self.checkpointing}" if self.checkpointing != "none" else "")
                       + (", deterministic)" if cfg.training.deterministic else ")")
                       + self._world_note() + "".join(f"; {w}" for w in self.warnings),
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
+                      checkpointing=self.checkpointing,
                       params=self.model.num_params(), deterministic=cfg.training.deterministic,
                       warnings=list(self.warnings), startup=dict(self.startup),
                       **self._world_fields(True))
