@@ -26,7 +26,7 @@ def test_ddp_moves_the_ring_all_reduce_volume_of_the_fp32_gradients(n):
     assert d.link == "NVLink" and d.link_gbs == 450 and d.link_source == "datasheet"
     assert d.bus_gbs == pytest.approx(450 * 0.8)
     assert d.comm_s == pytest.approx(d.comm_bytes / (450 * 0.8 * 1e9))
-    one = estimate(e, "h100", batch_size=32 // n)  # a rank runs the per-GPU batch
+    one = estimate(e, "h100", batch_size=32 // n, distributed=True)  # a rank runs the per-GPU batch
     assert d.per_gpu_batch == 32 // n
     assert d.total_bytes == pytest.approx(one.memory.total + one.memory.grads)  # + DDP's bucket copy
     assert d.compute_s == pytest.approx(one.time.step_s)

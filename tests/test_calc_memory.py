@@ -145,3 +145,23 @@ def test_2p7b_fits_an_h100_at_small_batch():
     e = C.estimate(ModelConfig.from_name("2.7B"), "h100", batch_size=2, dtype="bf16", compile=False)
     assert e.verdict.fits
     assert e.memory.persistent == pytest.approx(16 * e.params.total + 4 * e.params.rope_buffer_elements)
+
+
+def test_auto_checkpointing_is_sized_as_the_trainer_resolves_it():
+    """'auto' (the default) drops the blocks' bf16 weight copies where the trainer's lm.auto does:
+    a compiled bf16 GPU step in one process without CUDA graphs; elsewhere it sizes 'none'."""
+    big, small = ModelConfig.from_name("medium"), ModelConfig.from_name("tinystories")
+
+    def settings(cfg, device, **kw):
+        return C.estimate(cfg, device, batch_size=4, **kw).settings
+
+    assert settings(big, "h100").recompute_weight_copies  # the training default: 'auto'
+    auto, weights = (C.estimate(big, "h100", batch_size=4, activation_checkpointing=a) for a in ("auto", "weights"))
+    assert auto.memory.total == weights.memory.total
+    assert not settings(big, "h100", distributed=True).recompute_weight_copies
+    assert not settings(big, "h100", compile="off").recompute_weight_copies
+    assert not settings(big, "h100", dtype="fp32").recompute_weight_copies
+    assert not settings(big, "m4").recompute_weight_copies and not settings(big, "cpu").recompute_weight_copies
+    assert not settings(small, "h100").recompute_weight_copies  # under 50M parameters: CUDA graphs
+    for s in (settings(big, "h100"), settings(big, "h100", activation_checkpointing="none")):
+        assert not s.activation_checkpointing  # neither recomputes a block

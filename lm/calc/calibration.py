@@ -128,7 +128,8 @@ def compact(meta: dict, records: list[Recorded]) -> dict:
 def settings_for(rec: Recorded, device: DeviceProfile):
     """(model, Settings) of a recorded case, as the calculator resolves them."""
     return resolve_settings(rec.model, device, batch_size=rec.batch_size, context_length=rec.context_length,
-                            dtype=rec.dtype, compile=rec.compile, grad_clip=True, engine=rec.engine)
+                            dtype=rec.dtype, compile=rec.compile, grad_clip=True, engine=rec.engine,
+                            activation_checkpointing="none")  # the recorded cases kept every tensor
 
 
 def device_for(rec: Recorded, device: DeviceProfile) -> DeviceProfile:

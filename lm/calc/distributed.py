@@ -114,7 +114,7 @@ def estimate_distributed(exp, device, world_size: int, mode: str, **settings) ->
     if problem := batch_split_problem(global_batch, world_size, "the batch size"):
         raise ConfigError([problem])
     local = global_batch // world_size
-    est = estimate(exp, dev, batch_size=local, **settings)
+    est = estimate(exp, dev, batch_size=local, distributed=world_size > 1, **settings)
     m, t, p = est.memory, est.time, est.params
     s = est.settings
     P = p.total

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lm.auto import checkpointing_auto, cuda_graphs_auto
 from lm.calc.activations import Activations, saved_activations, sdpa_path
 from lm.calc.devices import DeviceProfile, get_device
 from lm.calc.flops import FlopCount, count_flops
@@ -88,8 +89,11 @@ def _split(cfg_or_exp) -> tuple[ModelConfig, object | None]:
 
 def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, context_length=None, dtype=None,
                      grad_accum=None, activation_checkpointing=None, compile=None, grad_clip=None,
-                     engine: str = "fused") -> tuple[ModelConfig, Settings]:
-    """Fill unspecified settings from the experiment (or training defaults) and the device's defaults."""
+                     engine: str = "fused", distributed: bool = False) -> tuple[ModelConfig, Settings]:
+    """Fill unspecified settings from the experiment (or training defaults) and the device's defaults.
+
+    ``distributed``: the step runs in one of several processes (DDP/FSDP2), which resolves
+    activation_checkpointing = 'auto' as the trainer does there."""
     model, exp = _split(cfg_or_exp)
     training = exp.training if exp is not None else TrainingConfig()
     problems = model.problems()
@@ -108,6 +112,9 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
         if comp not in ("auto", "on", "off"):
             problems.append(f"compile must be 'auto', 'on' or 'off', got {comp!r}")
         comp = device.compile if comp == "auto" else comp == "on"
+    if ac == "auto":
+        ac = _auto_checkpointing(model, device, training, compiled=bool(comp), bf16=dt == "bf16",
+                                 distributed=distributed)
     clip = grad_clip if grad_clip is not None else (exp.optimizer.grad_clip > 0 if exp is not None else True)
     opt_name = getattr(exp.optimizer, "name", "adamw") if exp is not None else "adamw"
     ns_steps = getattr(exp.optimizer, "muon_ns_steps", 5) if exp is not None else 5
@@ -122,6 +129,16 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
     if problems:
         raise ConfigError(problems)
     return model, s
+
+
+def _auto_checkpointing(model: ModelConfig, device: DeviceProfile, training: TrainingConfig, *, compiled: bool,
+                        bf16: bool, distributed: bool) -> str:
+    """training.activation_checkpointing = 'auto' as the trainer resolves it (lm.auto)."""
+    cuda = device.kind == "cuda" and compiled and not distributed
+    graphed = cuda and (training.cuda_graphs == "on" or (
+        training.cuda_graphs == "auto" and cuda_graphs_auto(count_params(model).total, "auto")))
+    return checkpointing_auto(compiled=compiled, cuda_graphs=graphed, device_type=device.kind, bf16=bf16,
+                              distributed=distributed)
 
 
 def _checkpointing(value) -> bool:
@@ -205,7 +222,8 @@ def _verdict(model, device, s: Settings, params, mem: MemoryEstimate, t: TimeEst
 
 def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=None, dtype=None, grad_accum=None,
              activation_checkpointing=None, compile=None, efficiency: Efficiency | None = None,
-             grad_clip: bool | None = None, devices_file=None, engine: str = "fused") -> Estimate:
+             grad_clip: bool | None = None, devices_file=None, engine: str = "fused",
+             distributed: bool = False) -> Estimate:
     """Size a training configuration on a device.
 
     ``exp_cfg_or_model_cfg``: an ExperimentConfig (its [training] section gives
@@ -214,6 +232,7 @@ def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=No
     ``dtype``: 'fp32', 'bf16' or 'auto' (bf16 where the device supports it).
     ``compile``: True/False or 'auto'/'on'/'off'. ``activation_checkpointing``: True/False or a
     training.activation_checkpointing name (None: the experiment's). ``engine``: see Settings.engine.
+    ``distributed``: one process of several (resolves 'auto' settings as the trainer does there).
     Raises ConfigError on bad settings and LabError (listing known devices) on an unknown device.
     """
     dev = get_device(device, devices_file)
@@ -222,7 +241,7 @@ def estimate(exp_cfg_or_model_cfg, device, *, batch_size=None, context_length=No
         raise ConfigError(problems)
     model, s = resolve_settings(exp_cfg_or_model_cfg, dev, batch_size=batch_size, context_length=context_length,
                                 dtype=dtype, grad_accum=grad_accum, activation_checkpointing=activation_checkpointing,
-                                compile=compile, grad_clip=grad_clip, engine=engine)
+                                compile=compile, grad_clip=grad_clip, engine=engine, distributed=distributed)
     eff = eff.resolve(dev, s.dtype)  # unset factors from the device profile
     params = count_params(model)
     flops = count_flops(model, s.batch_size, s.context_length)

@@ -47,7 +47,7 @@ def predicted_step(cfg: ExperimentConfig, device_name: str, world_size: int = 1)
 
     profile, _ = device_for_torch_name(device_name)
     batch = max(1, cfg.training.batch_size // max(1, world_size))
-    return estimate(cfg, profile, batch_size=batch)
+    return estimate(cfg, profile, batch_size=batch, distributed=world_size > 1)
 
 
 def check_fits(cfg: ExperimentConfig, device: torch.device, device_name: str, world_size: int = 1) -> None:
