@@ -111,7 +111,7 @@ def build_baseline(cfg: ModelConfig, batch: int, device):
     return step, n_flop_params
 
 
-def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "auto", checkpointing: str = "none"):
+def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "auto", checkpointing: str = "auto"):
     from lm.bench.steps import build_workload
 
     work = build_workload(cfg, batch_size=batch, context_length=cfg.context_length, dtype="bf16", device=device,
@@ -119,7 +119,8 @@ def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "auto", c
     n = sum(p.numel() for p in work.model.parameters())
     if not cfg.tie_embeddings:
         n -= work.model.token_embeddings.weight.numel()
-    return work.step, n, work.plan.describe()
+    ckpt = "" if work.checkpointing == "none" else f", checkpointing {work.checkpointing}"
+    return work.step, n, work.plan.describe() + ckpt
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
                     help="lab's training.cuda_graphs (auto, as lab run: on for models under 50M parameters)")
-    ap.add_argument("--checkpointing", default="none", choices=["none", "full", "selective", "weights"],
+    ap.add_argument("--checkpointing", default="auto", choices=["auto", "none", "full", "selective", "weights"],
                     help="lab's training.activation_checkpointing (the baseline never checkpoints)")
     ap.add_argument("--budget-s", type=float, default=0, help="skip the cases left once this much time has passed")
     ap.add_argument("--json", help="write the results here")

@@ -35,6 +35,8 @@ class Workload:
     grad_clip: float = 1.0
     grad_accum: int = 1
     plan: engine.CompilePlan = engine.CompilePlan(False)
+    checkpointing: str = "none"
+    """training.activation_checkpointing as applied ('auto' resolved)."""
 
     def __post_init__(self):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -107,7 +109,8 @@ def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dt
     ckpt = {True: "full", False: "none"}.get(checkpointing, checkpointing)
     plan = engine.plan_for(compile, device, sum(p.numel() for p in model.parameters()), cuda_graphs,
                            checkpointing=ckpt)
+    ckpt = engine.resolve_checkpointing(ckpt, plan, device, dtype == "bf16")
     if plan.compile:
         engine.use_compile_cache()
     engine.prepare(model, plan, ckpt)
-    return Workload(model, model, optimizer, tokens, targets, device, dtype, grad_clip, grad_accum, plan)
+    return Workload(model, model, optimizer, tokens, targets, device, dtype, grad_clip, grad_accum, plan, ckpt)
