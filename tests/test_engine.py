@@ -196,6 +196,23 @@ def test_plan_cuda_graphs_for_small_single_gpu_models_by_default():
     assert graphs.mode == "reduce-overhead" and plain.mode is None
 
 
+def test_auto_checkpointing_recomputes_weight_copies_only_on_a_compiled_bf16_gpu_step_without_graphs():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    graphs, plain, eager = engine.CompilePlan(True, True), engine.CompilePlan(True, False), engine.CompilePlan(False)
+    resolve = engine.resolve_checkpointing
+    assert resolve("auto", plain, cuda, True) == "weights"  # a large compiled bf16 model on one GPU
+    assert resolve("auto", graphs, cuda, True) == "none"  # graphed small model: little to save
+    assert resolve("auto", eager, cuda, True) == "none"
+    assert resolve("auto", plain, cuda, False) == "none"  # fp32: there are no bf16 weight copies
+    assert resolve("auto", plain, cpu, True) == "none"
+    assert resolve("auto", plain, cuda, True, distributed=True) == "none"
+    for mode in engine.CHECKPOINTING:  # an explicit mode is kept as written
+        assert resolve(mode, graphs, cpu, False) == mode
+    # 'auto' leaves CUDA graphs to their own rule, like 'none'; an explicit mode turns them off
+    assert engine.plan_for(True, cuda, 10_000_000, checkpointing="auto") == graphs
+    assert engine.plan_for(True, cuda, 10_000_000, checkpointing="weights") == plain
+
+
 def test_compile_cache_goes_under_the_lab_cache_unless_torch_is_told_otherwise(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     assert engine.use_compile_cache(tmp_path) == str(tmp_path / "inductor")
