@@ -6,6 +6,7 @@ into matmuls, attention, the optimizer, the loss and everything else, and the
 kernels that take the most time.
 
     python bench/train_profile.py --size small [--top 25]
+    python bench/train_profile.py --size 2.7B --no-baseline     # lab only (the baseline's compile is slow there)
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch  # noqa: E402
 import train_mfu  # noqa: E402  (bench/ is this script's directory)
 from lm.config.schema import PRESETS  # noqa: E402
 
-GROUPS = (("matmul", ("gemm", "sm90_xmma", "cutlass", "nvjet", "ampere_", "sm80_", "cublas")),
-          ("attention", ("flash", "fmha", "attention", "sdpa")),
+GROUPS = (("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),  # before matmul: cuDNN's names say sm90
+          ("matmul", ("gemm", "sm90_xmma", "cutlass", "nvjet", "ampere_", "sm80_", "cublas")),
           ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel", "lerp")),
           ("loss", ("nll", "log_softmax", "cross_entropy", "softmax")))
 
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--checkpointing", default="auto", choices=("auto", "none", "full", "selective", "weights"),
+                    help="lab's training.activation_checkpointing")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench/train_profile.py needs a CUDA GPU", file=sys.stderr)
@@ -74,8 +78,10 @@ def main(argv=None) -> int:
     configure_backends(device)
     cfg = dataclasses.replace(PRESETS[args.size], vocab_size=50304, context_length=1024)
     batch = args.batch or train_mfu.CS336.get(args.size, 16)
-    for name, builder in (("lab", lambda: train_mfu.build_lab(cfg, batch, device)),
-                          ("baseline", lambda: train_mfu.build_baseline(cfg, batch, device))):
+    cases = [("lab", lambda: train_mfu.build_lab(cfg, batch, device, checkpointing=args.checkpointing))]
+    if not args.no_baseline:
+        cases.append(("baseline", lambda: train_mfu.build_baseline(cfg, batch, device)))
+    for name, builder in cases:
         built = builder()
         groups, top = profile(built[0], args.steps)
         total = sum(groups.values())
