@@ -20,15 +20,23 @@ def cuda_graphs_auto(num_params: int, checkpointing: str) -> bool:
     return num_params < CUDA_GRAPH_MAX_PARAMS and checkpointing in ("auto", "none")
 
 
-def checkpointing_auto(*, compiled: bool, cuda_graphs: bool, device_type: str, bf16: bool,
+WEIGHT_RECOMPUTE_MIN_PARAMS = 1_500_000_000
+"""From this many parameters up, 'auto' recomputes the blocks' bf16 weight copies in backward."""
+
+
+def checkpointing_auto(*, num_params: int, compiled: bool, cuda_graphs: bool, device_type: str, bf16: bool,
                        distributed: bool) -> str:
     """training.activation_checkpointing = 'auto': 'weights' or 'none'.
 
     'weights' where a compiled block would otherwise keep a bf16 copy of each weight for its
-    backward: a compiled bf16 CUDA step in one process, not captured in CUDA graphs. On an H100
-    (torch 2.11) it took 2.7B at batch 4 from 62.7 to 56.5 GiB with no slower step (252.5 vs
-    253.5 ms). Graphed steps (small models) have little to save; DDP/FSDP2 runs keep 'none' (not
-    measured there).
+    backward and those copies are a large share of the memory: a compiled bf16 CUDA step in one
+    process, not captured in CUDA graphs, of a model with at least
+    :data:`WEIGHT_RECOMPUTE_MIN_PARAMS` parameters (xl and 2.7B; 2 bytes per parameter, 4 to 7 GB
+    there). On an H100 (torch 2.11) it took 2.7B at batch 4 from 62.7 to 56.5 GiB at the same step
+    time (252.5 vs 253.5 ms, separate processes). Smaller models save little for about 1% of the
+    step (same process, H100: small b16 43.70 vs 43.28 ms for 0.2 GiB, medium b16 117.99 vs
+    117.00 ms for 0.7 GiB), so they keep 'none'; so do DDP/FSDP2 runs (not measured there).
     """
-    weights = compiled and not cuda_graphs and device_type == "cuda" and bf16 and not distributed
+    weights = (num_params >= WEIGHT_RECOMPUTE_MIN_PARAMS and compiled and not cuda_graphs
+               and device_type == "cuda" and bf16 and not distributed)
     return "weights" if weights else "none"

@@ -196,18 +196,19 @@ def test_plan_cuda_graphs_for_small_single_gpu_models_by_default():
     assert graphs.mode == "reduce-overhead" and plain.mode is None
 
 
-def test_auto_checkpointing_recomputes_weight_copies_only_on_a_compiled_bf16_gpu_step_without_graphs():
+def test_auto_checkpointing_recomputes_weight_copies_only_for_a_big_compiled_bf16_gpu_step_without_graphs():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     graphs, plain, eager = engine.CompilePlan(True, True), engine.CompilePlan(True, False), engine.CompilePlan(False)
-    resolve = engine.resolve_checkpointing
-    assert resolve("auto", plain, cuda, True) == "weights"  # a large compiled bf16 model on one GPU
-    assert resolve("auto", graphs, cuda, True) == "none"  # graphed small model: little to save
-    assert resolve("auto", eager, cuda, True) == "none"
-    assert resolve("auto", plain, cuda, False) == "none"  # fp32: there are no bf16 weight copies
-    assert resolve("auto", plain, cpu, True) == "none"
-    assert resolve("auto", plain, cuda, True, distributed=True) == "none"
+    resolve, big = engine.resolve_checkpointing, 2_000_000_000
+    assert resolve("auto", plain, cuda, True, big) == "weights"  # xl-sized, compiled, bf16, one GPU
+    assert resolve("auto", plain, cuda, True, 500_000_000) == "none"  # medium: ~1% of the step for 0.7 GiB
+    assert resolve("auto", graphs, cuda, True, big) == "none"  # graphed: nothing is re-cast inside a graph
+    assert resolve("auto", eager, cuda, True, big) == "none"
+    assert resolve("auto", plain, cuda, False, big) == "none"  # fp32: there are no bf16 weight copies
+    assert resolve("auto", plain, cpu, True, big) == "none"
+    assert resolve("auto", plain, cuda, True, big, distributed=True) == "none"
     for mode in engine.CHECKPOINTING:  # an explicit mode is kept as written
-        assert resolve(mode, graphs, cpu, False) == mode
+        assert resolve(mode, graphs, cpu, False, 10) == mode
     # 'auto' leaves CUDA graphs to their own rule, like 'none'; an explicit mode turns them off
     assert engine.plan_for(True, cuda, 10_000_000, checkpointing="auto") == graphs
     assert engine.plan_for(True, cuda, 10_000_000, checkpointing="weights") == plain

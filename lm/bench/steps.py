@@ -107,9 +107,9 @@ def build_workload(cfg: ModelConfig, *, batch_size: int, context_length: int, dt
     tokens = torch.randint(0, cfg.vocab_size, (batch_size, context_length), generator=gen).to(device)
     targets = torch.randint(0, cfg.vocab_size, (batch_size, context_length), generator=gen).to(device)
     ckpt = {True: "full", False: "none"}.get(checkpointing, checkpointing)
-    plan = engine.plan_for(compile, device, sum(p.numel() for p in model.parameters()), cuda_graphs,
-                           checkpointing=ckpt)
-    ckpt = engine.resolve_checkpointing(ckpt, plan, device, dtype == "bf16")
+    num_params = sum(p.numel() for p in model.parameters())
+    plan = engine.plan_for(compile, device, num_params, cuda_graphs, checkpointing=ckpt)
+    ckpt = engine.resolve_checkpointing(ckpt, plan, device, dtype == "bf16", num_params)
     if plan.compile:
         engine.use_compile_cache()
     engine.prepare(model, plan, ckpt)

@@ -135,9 +135,10 @@ def _auto_checkpointing(model: ModelConfig, device: DeviceProfile, training: Tra
                         bf16: bool, distributed: bool) -> str:
     """training.activation_checkpointing = 'auto' as the trainer resolves it (lm.auto)."""
     cuda = device.kind == "cuda" and compiled and not distributed
+    num_params = count_params(model).total
     graphed = cuda and (training.cuda_graphs == "on" or (
-        training.cuda_graphs == "auto" and cuda_graphs_auto(count_params(model).total, "auto")))
-    return checkpointing_auto(compiled=compiled, cuda_graphs=graphed, device_type=device.kind, bf16=bf16,
+        training.cuda_graphs == "auto" and cuda_graphs_auto(num_params, "auto")))
+    return checkpointing_auto(num_params=num_params, compiled=compiled, cuda_graphs=graphed, device_type=device.kind, bf16=bf16,
                               distributed=distributed)
 
 

@@ -244,8 +244,9 @@ class TrainingConfig:
     extra forward of the blocks); 'selective' keeps matmul and attention outputs and recomputes the
     cheap elementwise ops; 'weights' keeps every activation and recomputes only the bf16 copies of
     the weights under bf16 autocast (2 bytes per block parameter saved, one re-cast in backward);
-    'auto' is 'weights' for a compiled bf16 step on one GPU that is not captured in CUDA graphs
-    (its cost did not show in the step time), 'none' otherwise."""
+    'auto' is 'weights' for a compiled bf16 step on one GPU that is not captured in CUDA graphs, of
+    a model of 1.5B parameters or more (there the copies are 4-7 GB; below, they save little for
+    about 1% of the step), 'none' otherwise."""
     threads: int = 0
     """CPU threads for torch (0 = one fewer than the cores, at least 1: spinning threads
     that compete with other processes for every core slow small models down severely)."""

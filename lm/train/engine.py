@@ -75,12 +75,12 @@ def plan_for(compile: bool, device: torch.device, num_params: int, cuda_graphs: 
     return CompilePlan(True, cuda_graphs == "on")
 
 
-def resolve_checkpointing(setting: str, plan: CompilePlan, device: torch.device, bf16: bool, *,
+def resolve_checkpointing(setting: str, plan: CompilePlan, device: torch.device, bf16: bool, num_params: int, *,
                           distributed: bool = False) -> str:
     """training.activation_checkpointing with 'auto' made concrete (:func:`lm.auto.checkpointing_auto`)."""
     if setting != "auto":
         return setting
-    return checkpointing_auto(compiled=plan.compile, cuda_graphs=plan.cuda_graphs, device_type=device.type,
+    return checkpointing_auto(num_params=num_params, compiled=plan.compile, cuda_graphs=plan.cuda_graphs, device_type=device.type,
                               bf16=bf16, distributed=distributed)
 
 

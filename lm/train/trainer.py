@@ -131,7 +131,8 @@ class Trainer:
         self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params(), tr.cuda_graphs,
                                     distributed=self.dist.distributed, checkpointing=tr.activation_checkpointing)
         self.checkpointing = engine.resolve_checkpointing(tr.activation_checkpointing, self.plan, policy.device,
-                                                          policy.dtype == "bf16", distributed=self.dist.distributed)
+                                                          policy.dtype == "bf16", self.model.num_params(),
+                                                          distributed=self.dist.distributed)
         if self.plan.compile:
             engine.use_compile_cache(cfg.data.cache_dir)
         engine.prepare(self.model, self.plan, self.checkpointing)
