@@ -220,3 +220,22 @@ def test_dropout_only_in_training():
         torch.testing.assert_close(model.eval()(ids), ref, **_tolerance(cfg))
         model.train()
         assert not torch.allclose(model(ids), ref, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuDNN-first attention path runs only on CUDA")
+def test_cuda_causal_attention_under_bf16_matches_the_from_scratch_kernel():
+    """On CUDA, mask-free causal sdpa asks for cuDNN first; its loss and gradients must match the
+    naive kernel's under bf16 autocast (same weights) to bf16 accuracy."""
+    cfg = dataclasses.replace(BASE, vocab_size=97, context_length=128, d_model=128, num_heads=2, d_ff=256)
+    ids = torch.randint(0, cfg.vocab_size, (4, 128), generator=torch.Generator().manual_seed(2)).cuda()
+    results = []
+    for att in ("naive", "sdpa"):
+        torch.manual_seed(0)
+        model = TransformerLM(dataclasses.replace(cfg, attention=att)).cuda()
+        with torch.autocast("cuda", torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).float().flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.double().flatten() for p in model.parameters()])))
+    (l_ref, g_ref), (l_sdpa, g_sdpa) = results
+    torch.testing.assert_close(l_sdpa, l_ref, rtol=1e-2, atol=1e-2)
+    assert torch.nn.functional.cosine_similarity(g_sdpa, g_ref, dim=0) > 0.999
