@@ -253,8 +253,9 @@ def test_overload_answers_429_and_a_disconnect_frees_the_slot(slow):
         with slow.http.stream("POST", "/v1/completions", json=body) as first:
             lines = first.iter_lines()
             assert next(lines).startswith("data: ")  # decoding: the only slot is taken
+            # greedy: a sampled end-of-text (1 in 257 on this random model) would end it after one token
             queued = pool.submit(slow.http.post, "/v1/completions",
-                                 json={"model": MODEL, "prompt": "b", "max_tokens": 2})
+                                 json={"model": MODEL, "prompt": "b", "max_tokens": 2, "temperature": 0})
             deadline = time.monotonic() + 30
             while slow.health()["queued"] < 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
