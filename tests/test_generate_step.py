@@ -215,7 +215,7 @@ for batch, block_b in ((1, 8), (4, 8), (4, 2)):
     triton_step.MAX_BLOCK_B = block_b
     step = TritonStep(model, joint_kv_caches(model, batch))
     with torch.no_grad():
-        for p in range(6):
+        for p in range(2):  # two steps: the sums' order is the point, not the position (the interpreter is slow)
             out = torch.zeros(batch, cfg.vocab_size)
             step(torch.full((batch,), (p * 5) % 40), torch.full((batch,), p), None, out)
     rows[batch, block_b] = out.clone()
