@@ -113,14 +113,14 @@ def build_baseline(cfg: ModelConfig, batch: int, device):
 
 def build_lab(cfg: ModelConfig, batch: int, device, cuda_graphs: str = "auto", checkpointing: str = "auto"):
     from lm.bench.steps import build_workload
+    from lm.train import engine
 
     work = build_workload(cfg, batch_size=batch, context_length=cfg.context_length, dtype="bf16", device=device,
                           compile=True, meta_init=True, cuda_graphs=cuda_graphs, checkpointing=checkpointing)
     n = sum(p.numel() for p in work.model.parameters())
     if not cfg.tie_embeddings:
         n -= work.model.token_embeddings.weight.numel()
-    ckpt = "" if work.checkpointing == "none" else f", checkpointing {work.checkpointing}"
-    return work.step, n, work.plan.describe() + ckpt
+    return work.step, n, engine.describe(work.plan, work.checkpointing)
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -20,6 +20,18 @@ def cuda_graphs_auto(num_params: int, checkpointing: str) -> bool:
     return num_params < CUDA_GRAPH_MAX_PARAMS and checkpointing in ("auto", "none")
 
 
+def uses_cuda_graphs(setting: str, *, compiled: bool, device_type: str, distributed: bool, num_params: int,
+                     checkpointing: str) -> bool:
+    """Whether a step with training.cuda_graphs = ``setting`` (auto | on | off) is captured in CUDA graphs.
+
+    Only a compiled CUDA step in one process (DDP/FSDP2 communicate between the captured regions);
+    'auto' follows :func:`cuda_graphs_auto`, 'on' asks for them at any size.
+    """
+    if not compiled or device_type != "cuda" or distributed or setting == "off":
+        return False
+    return cuda_graphs_auto(num_params, checkpointing) if setting == "auto" else setting == "on"
+
+
 WEIGHT_RECOMPUTE_MIN_PARAMS = 1_500_000_000
 """From this many parameters up, 'auto' recomputes the blocks' bf16 weight copies in backward."""
 

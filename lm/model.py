@@ -29,6 +29,7 @@ from lm.errors import CheckpointError
 _CAUSAL_SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                       SDPBackend.MATH]
 
+
 def _init_unless_meta(layer: nn.Module) -> None:
     """A layer built on a real device starts initialised; on meta there is nothing to draw (a loader
     assigns the weights, or ``to_empty`` + ``init_weights()`` fills them)."""

@@ -147,18 +147,16 @@ def test_2p7b_fits_an_h100_at_small_batch():
     assert e.memory.persistent == pytest.approx(16 * e.params.total + 4 * e.params.rope_buffer_elements)
 
 
-def settings_of(cfg, device, **kw):
-    return C.estimate(cfg, device, batch_size=4, **kw).settings
-
-
 def test_auto_checkpointing_is_sized_as_the_trainer_resolves_it():
     """'auto' (the default) drops the blocks' bf16 weight copies where the trainer's lm.auto does:
     a compiled bf16 GPU step of a model of 1.5B parameters or more in one process without CUDA
     graphs; elsewhere it sizes 'none'."""
     big, small = ModelConfig.from_name("xl"), ModelConfig.from_name("tinystories")
-    assert not settings_of(ModelConfig.from_name("medium"), "h100").recompute_weight_copies  # under 1.5B
-    settings = settings_of
 
+    def settings(cfg, device, **kw):
+        return C.estimate(cfg, device, batch_size=4, **kw).settings
+
+    assert not settings(ModelConfig.from_name("medium"), "h100").recompute_weight_copies  # under 1.5B
     assert settings(big, "h100").recompute_weight_copies  # the training default: 'auto'
     auto, weights = (C.estimate(big, "h100", batch_size=4, activation_checkpointing=a) for a in ("auto", "weights"))
     assert auto.memory.total == weights.memory.total

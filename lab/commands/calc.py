@@ -36,11 +36,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), help="default: the experiment's training.dtype")
     p.add_argument("--grad-accum", type=int, metavar="K", help="micro-batches per step (default: the experiment's)")
     p.add_argument("--compile", choices=("auto", "on", "off"), help="default: the experiment's training.compile")
-    p.add_argument("--checkpointing", nargs="?", const="full", choices=("auto", "none", "full", "selective", "weights"),
+    p.add_argument("--checkpointing", nargs="?", const="full",
+                   choices=("auto", "none", "full", "selective", "weights"),
                    help="activation checkpointing: full (when given without a value; recompute each block), "
                         "selective, weights (recast the bf16 weight copies in backward), none, or auto "
-                        "(weights for a compiled bf16 GPU step without CUDA graphs, else none); "
-                        "default: the experiment's training.activation_checkpointing")
+                        "(weights for a compiled bf16 GPU step without CUDA graphs of 1.5B parameters or more, "
+                        "else none); default: the experiment's training.activation_checkpointing")
     p.add_argument("--efficiency", dest="efficiency", action="append", default=[], metavar="NAME=VALUE",
                    help="tune the time model, e.g. --efficiency matmul=0.6 (names: matmul, attention, bandwidth, "
                         "launch_overhead_us, compile_bytes, compile_kernels, flash_backward)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lm.auto import checkpointing_auto, cuda_graphs_auto
+from lm.auto import checkpointing_auto, uses_cuda_graphs
 from lm.calc.activations import Activations, saved_activations, sdpa_path
 from lm.calc.devices import DeviceProfile, get_device
 from lm.calc.flops import FlopCount, count_flops
@@ -134,12 +134,11 @@ def resolve_settings(cfg_or_exp, device: DeviceProfile, *, batch_size=None, cont
 def _auto_checkpointing(model: ModelConfig, device: DeviceProfile, training: TrainingConfig, *, compiled: bool,
                         bf16: bool, distributed: bool) -> str:
     """training.activation_checkpointing = 'auto' as the trainer resolves it (lm.auto)."""
-    cuda = device.kind == "cuda" and compiled and not distributed
     num_params = count_params(model).total
-    graphed = cuda and (training.cuda_graphs == "on" or (
-        training.cuda_graphs == "auto" and cuda_graphs_auto(num_params, "auto")))
-    return checkpointing_auto(num_params=num_params, compiled=compiled, cuda_graphs=graphed, device_type=device.kind, bf16=bf16,
-                              distributed=distributed)
+    graphed = uses_cuda_graphs(training.cuda_graphs, compiled=compiled, device_type=device.kind,
+                               distributed=distributed, num_params=num_params, checkpointing="auto")
+    return checkpointing_auto(num_params=num_params, compiled=compiled, cuda_graphs=graphed,
+                              device_type=device.kind, bf16=bf16, distributed=distributed)
 
 
 def _checkpointing(value) -> bool:

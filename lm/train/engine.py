@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.utils.checkpoint
 
-from lm.auto import checkpointing_auto, cuda_graphs_auto
+from lm.auto import checkpointing_auto, uses_cuda_graphs
 
 CHECKPOINTING = ("none", "full", "selective", "weights")
 """The concrete modes; training.activation_checkpointing also takes 'auto' (:func:`resolve_checkpointing`)."""
@@ -64,15 +64,12 @@ def plan_for(compile: bool, device: torch.device, num_params: int, cuda_graphs: 
              distributed: bool = False, checkpointing: str = "none") -> CompilePlan:
     """The plan for a policy's ``compile`` switch and ``training.cuda_graphs`` (auto | on | off).
 
-    'auto' follows :func:`lm.auto.cuda_graphs_auto` (bench/engine_check.py found the graphed step's
-    gradients equal to the eager step's). 'on' asks for them at any size (still one process only:
-    DDP/FSDP2 communicate between the captured regions).
+    Graphs follow :func:`lm.auto.uses_cuda_graphs` (bench/engine_check.py found the graphed step's
+    gradients equal to the eager step's).
     """
-    if not compile or device.type != "cuda" or distributed or cuda_graphs == "off":
-        return CompilePlan(compile)
-    if cuda_graphs == "auto":
-        return CompilePlan(True, cuda_graphs_auto(num_params, checkpointing))
-    return CompilePlan(True, cuda_graphs == "on")
+    return CompilePlan(compile, uses_cuda_graphs(cuda_graphs, compiled=compile, device_type=device.type,
+                                                 distributed=distributed, num_params=num_params,
+                                                 checkpointing=checkpointing))
 
 
 def resolve_checkpointing(setting: str, plan: CompilePlan, device: torch.device, bf16: bool, num_params: int, *,
@@ -80,8 +77,13 @@ def resolve_checkpointing(setting: str, plan: CompilePlan, device: torch.device,
     """training.activation_checkpointing with 'auto' made concrete (:func:`lm.auto.checkpointing_auto`)."""
     if setting != "auto":
         return setting
-    return checkpointing_auto(num_params=num_params, compiled=plan.compile, cuda_graphs=plan.cuda_graphs, device_type=device.type,
-                              bf16=bf16, distributed=distributed)
+    return checkpointing_auto(num_params=num_params, compiled=plan.compile, cuda_graphs=plan.cuda_graphs,
+                              device_type=device.type, bf16=bf16, distributed=distributed)
+
+
+def describe(plan: CompilePlan, checkpointing: str) -> str:
+    """How a step runs, for the start event and benchmarks: the plan, and any checkpointing."""
+    return plan.describe() + ("" if checkpointing == "none" else f", checkpointing {checkpointing}")
 
 
 def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> str:

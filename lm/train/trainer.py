@@ -127,11 +127,11 @@ class Trainer:
         torch.manual_seed(seed)
         # Initialized on the CPU so a seed gives the same weights on every device.
         self.model = TransformerLM(cfg.model).to(policy.device)
-        tr = cfg.training
-        self.plan = engine.plan_for(policy.compile, policy.device, self.model.num_params(), tr.cuda_graphs,
+        tr, num_params = cfg.training, self.model.num_params()
+        self.plan = engine.plan_for(policy.compile, policy.device, num_params, tr.cuda_graphs,
                                     distributed=self.dist.distributed, checkpointing=tr.activation_checkpointing)
         self.checkpointing = engine.resolve_checkpointing(tr.activation_checkpointing, self.plan, policy.device,
-                                                          policy.dtype == "bf16", self.model.num_params(),
+                                                          policy.dtype == "bf16", num_params,
                                                           distributed=self.dist.distributed)
         if self.plan.compile:
             engine.use_compile_cache(cfg.data.cache_dir)
@@ -327,8 +327,8 @@ class Trainer:
             if age is not None:
                 self.startup["process_s"] = round(age, 3)
             rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
-                      f"{self.policy.device_name} ({self.policy.dtype}, {self.plan.describe()}"
-                      + (f", checkpointing {self.checkpointing}" if self.checkpointing != "none" else "")
+                      f"{self.policy.device_name} ({self.policy.dtype}, "
+                      f"{engine.describe(self.plan, self.checkpointing)}"
                       + (", deterministic)" if cfg.training.deterministic else ")")
                       + self._world_note() + "".join(f"; {w}" for w in self.warnings),
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
