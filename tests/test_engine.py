@@ -257,3 +257,37 @@ def test_compiled_step_equals_the_eager_step():
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert eager.state_dict().keys() == compiled.state_dict().keys()
+
+
+def test_compiled_regions_pass_aot_autograds_cache_check_so_a_warm_cache_skips_retracing(monkeypatch):
+    """A block's Dynamo graph calls einx.dot / einx.id; AOTAutograd refuses to cache graphs with
+    functions it does not know, so without the marking every run re-traced forward and backward."""
+    autograd_cache = pytest.importorskip("torch._functorch._aot_autograd.autograd_cache")
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(autograd_cache, "check_cacheable") or not isinstance(
+            getattr(inductor_config, "unsafe_marked_cacheable_functions", None), dict):
+        pytest.skip("this torch has no AOTAutograd cacheability check to run")
+    monkeypatch.setattr(inductor_config, "unsafe_marked_cacheable_functions", {})
+    cfg = ModelConfig.from_name("tiny", num_layers=1, context_length=8, d_model=16, d_ff=32, vocab_size=64)
+    model = TransformerLM(cfg)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        torch.compile(model.layers[0], backend=capture)(torch.randn(2, 8, 16))
+        torch.compile(model.loss, backend=capture)(torch.randn(2, 8, 16), torch.randint(0, 64, (2, 8)))
+    finally:
+        torch._dynamo.reset()
+    targets = {getattr(n.target, "__module__", "") for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("einx") for t in targets), targets  # what makes the check below meaningful
+    with pytest.raises(autograd_cache.BypassAOTAutogradCache, match="einx"):
+        for g in graphs:
+            autograd_cache.check_cacheable(g)
+    engine.mark_einx_cacheable()
+    for g in graphs:
+        autograd_cache.check_cacheable(g)  # raises BypassAOTAutogradCache if anything is still unknown
