@@ -260,10 +260,14 @@ def test_compiled_step_equals_the_eager_step():
 
 
 def test_compiled_regions_pass_aot_autograds_cache_check_so_a_warm_cache_skips_retracing(monkeypatch):
-    """A block's Dynamo graph calls einx.dot / einx.id; AOTAutograd refuses to cache graphs with
-    functions it does not know, so without the marking every run re-traced forward and backward."""
+    """A block's Dynamo graph calls einx.dot / einx.id, and on CUDA the sdpa_kernel context's helpers;
+    AOTAutograd refuses to cache graphs with functions it does not know, so without the marking
+    every run re-traced forward and backward."""
     autograd_cache = pytest.importorskip("torch._functorch._aot_autograd.autograd_cache")
     import torch._inductor.config as inductor_config
+    from torch.nn.attention import sdpa_kernel
+
+    from lm.model import _CAUSAL_SDPA_ORDER
 
     if not hasattr(autograd_cache, "check_cacheable") or not isinstance(
             getattr(inductor_config, "unsafe_marked_cacheable_functions", None), dict):
@@ -271,23 +275,30 @@ def test_compiled_regions_pass_aot_autograds_cache_check_so_a_warm_cache_skips_r
     monkeypatch.setattr(inductor_config, "unsafe_marked_cacheable_functions", {})
     cfg = ModelConfig.from_name("tiny", num_layers=1, context_length=8, d_model=16, d_ff=32, vocab_size=64)
     model = TransformerLM(cfg)
-    graphs = []
 
-    def capture(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
+    def cuda_attention(q):  # what the block runs on CUDA (on a CPU tensor here, so the test runs anywhere)
+        with sdpa_kernel(_CAUSAL_SDPA_ORDER, set_priority=True):
+            return F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+    graphs = {}
+
+    def capture_as(name):
+        def capture(gm, example_inputs):
+            graphs.setdefault(name, []).append(gm)
+            return gm.forward
+        return capture
 
     torch._dynamo.reset()
     try:
-        torch.compile(model.layers[0], backend=capture)(torch.randn(2, 8, 16))
-        torch.compile(model.loss, backend=capture)(torch.randn(2, 8, 16), torch.randint(0, 64, (2, 8)))
+        torch.compile(model.layers[0], backend=capture_as("block"))(torch.randn(2, 8, 16))
+        torch.compile(model.loss, backend=capture_as("loss"))(torch.randn(2, 8, 16), torch.randint(0, 64, (2, 8)))
+        torch.compile(cuda_attention, backend=capture_as("cuda attention"))(torch.randn(2, 2, 8, 8))
     finally:
         torch._dynamo.reset()
-    targets = {getattr(n.target, "__module__", "") for g in graphs for n in g.graph.nodes if n.op == "call_function"}
-    assert any(t.startswith("einx") for t in targets), targets  # what makes the check below meaningful
-    with pytest.raises(autograd_cache.BypassAOTAutogradCache, match="einx"):
-        for g in graphs:
-            autograd_cache.check_cacheable(g)
-    engine.mark_einx_cacheable()
-    for g in graphs:
+    for name in ("block", "cuda attention"):  # refused before the marking: the check below can fail
+        with pytest.raises(autograd_cache.BypassAOTAutogradCache):
+            for g in graphs[name]:
+                autograd_cache.check_cacheable(g)
+    engine.mark_graph_functions_cacheable()
+    for g in [g for gs in graphs.values() for g in gs]:
         autograd_cache.check_cacheable(g)  # raises BypassAOTAutogradCache if anything is still unknown

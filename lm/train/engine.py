@@ -117,7 +117,7 @@ def prepare(model: torch.nn.Module, plan: CompilePlan, checkpointing: str = "non
         for name in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, name) and getattr(torch._dynamo.config, name) < need:
                 setattr(torch._dynamo.config, name, need)
-        mark_einx_cacheable()
+        mark_graph_functions_cacheable()
         for layer in model.layers:
             layer.compile(mode=plan.mode)
         # An instance attribute shadows the method: forward(targets=...) then runs the compiled loss region.
@@ -125,26 +125,33 @@ def prepare(model: torch.nn.Module, plan: CompilePlan, checkpointing: str = "non
     return model
 
 
-def mark_einx_cacheable() -> None:
-    """Let AOTAutograd's on-disk cache keep graphs that call einx.
+def mark_graph_functions_cacheable() -> None:
+    """Let AOTAutograd's on-disk cache keep the model's graphs.
 
-    einx's ops appear in Dynamo's graph as calls to ``einx.dot`` / ``einx.id`` (einx
-    registers them with ``allow_in_graph``), and AOTAutograd bypasses its cache for
-    any function it does not know: every run, warm compile cache or not, then
-    re-traced and re-partitioned each block's forward and backward (2.6 s of a 4.3 s
-    warm first step at the TinyShakespeare shape on an H200). An einx call is
-    determined by its expression string and tensor shapes, both in the cache key;
-    the einx version goes into the key too (the value of Inductor's
+    AOTAutograd bypasses its cache for a graph that calls any function it does not
+    know, and Dynamo leaves two kinds of such calls in every block: einx's ops
+    (einx registers ``einx.dot`` / ``einx.id`` with ``allow_in_graph``) and, on
+    CUDA, the ``sdpa_kernel`` context that picks cuDNN attention (Dynamo replays it
+    as calls to ``torch.nn.attention._sdpa_kernel`` / ``_backend_from_string``).
+    So every run, warm compile cache or not, re-traced and re-partitioned each
+    block's forward and backward (about 3 s of a 5 s warm first step at the
+    TinyShakespeare shape on an H100). Each of these calls is fixed by its constant
+    arguments (an einx expression, a backend name), which are in the cache key;
+    the einx and torch versions go into the key too (the values of Inductor's
     ``unsafe_marked_cacheable_functions``).
     """
     import einx
     import torch._inductor.config as inductor_config
+    import torch.nn.attention as attention
 
     marked = getattr(inductor_config, "unsafe_marked_cacheable_functions", None)
     if not isinstance(marked, dict):  # a torch without the setting: nothing to do
         return
-    for fn in (einx.dot, einx.id):
-        marked[f"{fn.__module__}.{fn.__name__}"] = f"einx {einx.__version__}"
+    functions = [(einx.dot, f"einx {einx.__version__}"), (einx.id, f"einx {einx.__version__}")]
+    functions += [(getattr(attention, name), f"torch {torch.__version__}")
+                  for name in ("_sdpa_kernel", "_backend_from_string") if hasattr(attention, name)]
+    for fn, version in functions:
+        marked[f"{fn.__module__}.{fn.__name__}"] = version
 
 
 def step_begin(plan: CompilePlan) -> None:
