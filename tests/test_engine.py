@@ -302,3 +302,28 @@ def test_compiled_regions_pass_aot_autograds_cache_check_so_a_warm_cache_skips_r
     engine.mark_graph_functions_cacheable()
     for g in [g for gs in graphs.values() for g in gs]:
         autograd_cache.check_cacheable(g)  # raises BypassAOTAutogradCache if anything is still unknown
+
+
+def test_releasing_compile_workers_leaves_a_clean_exit_and_compiling_still_works():
+    """`lab run` stops Inductor's worker pool on a thread before exiting; Inductor's own exit handler
+    runs after it. Neither may print an error, and a compile afterwards starts a new pool."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, torch._inductor.async_compile as ac\n"
+        "from lm.train.engine import release_compile_workers\n"
+        "release_compile_workers()\n"  # nothing started yet: a no-op
+        "ac.AsyncCompile.warm_pool()\n"
+        "release_compile_workers()\n"
+        "f = torch.compile(lambda x: (x * 2).sin())\n"
+        "x = torch.randn(8)\n"
+        "torch.testing.assert_close(f(x), (x * 2).sin())\n"
+        "ac.AsyncCompile.warm_pool()\n"
+        "release_compile_workers()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+    assert "Traceback" not in proc.stderr and "Exception" not in proc.stderr, proc.stderr[-3000:]
