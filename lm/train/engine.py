@@ -156,25 +156,48 @@ def mark_graph_functions_cacheable() -> None:
         marked[f"{fn.__module__}.{fn.__name__}"] = version
 
 
+def warm_compile_workers(device: torch.device) -> None:
+    """Start Inductor's compile-worker processes now, for a compile that will come.
+
+    Inductor starts them itself only when Dynamo hands it the first graph; each
+    worker pool's first process imports torch (about 5 s on the H100 machines),
+    and kernels wanted before it is ready are compiled one by one in this
+    process. Started at setup, the pool comes up while the model, the optimizer
+    and the first graph are built. Only the Triton (CUDA) backend uses the pool.
+    Call after :func:`use_compile_cache`: the workers take the cache directory
+    from the environment they start with.
+    """
+    if device.type != "cuda":
+        return
+    import torch._inductor.async_compile as async_compile
+
+    warm = getattr(async_compile, "maybe_warm_pool", None)  # what Inductor itself calls, when it has one
+    if warm is not None:
+        warm()
+
+
 def release_compile_workers() -> None:
-    """Stop Inductor's compile-worker processes without waiting for them, for a process about to exit.
+    """Stop Inductor's compile-worker processes without waiting for them (before a process exits).
 
     Inductor's exit handler waits until its worker pool has shut down: 2 s after a
     TinyShakespeare run on an H100, 5 s after a short run whose workers were still
-    starting (each imports torch). Here the pool is told to stop on a daemon thread,
-    so the exit handler finds it stopped and returns at once; the workers finish on
-    their own. A compile after this starts a new pool.
+    starting (each imports torch). Here Inductor forgets its pools at once (a later
+    compile starts a new one) and a daemon thread tells the old ones to stop, so the
+    exit handler finds nothing to wait for; the workers finish on their own.
     """
     async_compile = sys.modules.get("torch._inductor.async_compile")
-    shutdown = getattr(async_compile, "shutdown_compile_workers", None)
-    if shutdown is None:  # nothing was compiled in this process
+    pools = list(getattr(async_compile, "_pool_set", ()))
+    forget = getattr(async_compile, "after_fork", None)  # "reset pools to initial state without shutting them down"
+    if not pools or forget is None:  # nothing was compiled in this process, or a torch without these
         return
+    forget()
 
     def stop() -> None:
-        try:
-            shutdown()
-        except Exception:  # the exit handler may clear the pool set under us: nothing left to do
-            pass
+        for pool in pools:
+            try:
+                pool.shutdown()
+            except Exception:  # best effort: the process is on its way out
+                pass
 
     threading.Thread(target=stop, name="lab-stop-compile-workers", daemon=True).start()
 
