@@ -172,8 +172,11 @@ def warm_compile_workers(device: torch.device) -> None:
     import torch._inductor.async_compile as async_compile
 
     warm = getattr(async_compile, "maybe_warm_pool", None)  # what Inductor itself calls, when it has one
-    if warm is not None:
-        warm()
+    try:
+        if warm is not None:
+            warm()
+    except Exception:  # only a head start: Inductor starts the pool itself at the first compile
+        pass
 
 
 def release_compile_workers() -> None:
@@ -190,7 +193,10 @@ def release_compile_workers() -> None:
     forget = getattr(async_compile, "after_fork", None)  # "reset pools to initial state without shutting them down"
     if not pools or forget is None:  # nothing was compiled in this process, or a torch without these
         return
-    forget()
+    try:
+        forget()
+    except Exception:  # leave the pools to Inductor's exit handler, as without this call
+        return
 
     def stop() -> None:
         for pool in pools:
