@@ -131,6 +131,7 @@ class Trainer:
         # Initialized on the CPU so a seed gives the same weights on every device.
         self.model = TransformerLM(cfg.model).to(policy.device)
         tr, num_params = cfg.training, self.model.num_params()
+        self.num_params = num_params
         self.plan = engine.plan_for(policy.compile, policy.device, num_params, tr.cuda_graphs,
                                     distributed=self.dist.distributed, checkpointing=tr.activation_checkpointing)
         self.checkpointing = engine.resolve_checkpointing(tr.activation_checkpointing, self.plan, policy.device,
@@ -327,14 +328,14 @@ class Trainer:
             age = process_age()
             if age is not None:
                 self.startup["process_s"] = round(age, 3)
-            rec.event("start", 0, 0.0, f"training {self.model.num_params():,} parameters on "
+            rec.event("start", 0, 0.0, f"training {self.num_params:,} parameters on "
                       f"{self.policy.device_name} ({self.policy.dtype}, "
                       f"{engine.describe(self.plan, self.checkpointing)}"
                       + (", deterministic)" if cfg.training.deterministic else ")")
                       + self._world_note() + "".join(f"; {w}" for w in self.warnings),
                       device=str(self.policy.device), dtype=self.policy.dtype, compile=self.policy.compile,
                       checkpointing=self.checkpointing,
-                      params=self.model.num_params(), deterministic=cfg.training.deterministic,
+                      params=self.num_params, deterministic=cfg.training.deterministic,
                       warnings=list(self.warnings), startup=dict(self.startup),
                       **self._world_fields(True))
         if self.par is not None:
