@@ -33,6 +33,7 @@ import torch
 from lm.atomic import atomic_rename, atomic_write, is_disk_full, is_temp_file, write_error_message
 from lm.checkpoint_file import atomic_torch_save, torch_load
 from lm.errors import CheckpointError
+from lm.model import check_state_dict
 
 CHECKPOINT_FORMAT = "lm-checkpoint/1"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -109,6 +110,28 @@ def load_training_checkpoint(path: Path) -> dict:
     if fmt is not None and fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {fmt!r}; this version reads {CHECKPOINT_FORMAT!r}")
     return obj
+
+
+def check_resumable_model(model: torch.nn.Module, state_dict: dict, path: Path) -> None:
+    """CheckpointError naming the first few differences if ``state_dict`` was written for another model."""
+    try:
+        check_state_dict(model, state_dict)
+    except CheckpointError as e:
+        # One line per layer would bury the point: show the first few differences.
+        head, _, detail = str(e).rstrip(".").partition(": ")
+        parts = detail.split("; ")
+        shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written for a different model than this config describes "
+            f"({shown}). Resume with the run's own config.toml, or start a new run directory.") from None
+
+
+def rng_to_continue(ckpt: dict, rank: int, world_size: int, parallel: bool) -> dict | None:
+    """The RNG state a process continues from: its own rank's when the world size is unchanged."""
+    ranks = ckpt.get("rng_ranks")
+    if parallel and isinstance(ranks, list) and len(ranks) == world_size:
+        return ranks[rank]
+    return ckpt.get("rng")
 
 
 class CheckpointDir:

@@ -40,14 +40,14 @@ from lm.checkpoint_file import check_tokenizer
 from lm.config.schema import ExperimentConfig, to_dict
 from lm.distributed.env import DistEnv
 from lm.errors import CheckpointError, DataError, LabError
-from lm.model import TransformerLM, check_state_dict
+from lm.model import TransformerLM
 from lm.optim import clip_grad_norm
 from lm.runs import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_DIR
 from lm.processes import process_age
 from lm.train import engine, failures
 from lm.train.run_checkpoints import (BACKGROUND_MAX_BYTES, CHECKPOINT_FORMAT, BackgroundWrite, CheckpointDir,
-                                      capture_rng, cpu_snapshot, load_training_checkpoint, restore_rng,
-                                      tensor_bytes)
+                                      capture_rng, check_resumable_model, cpu_snapshot, load_training_checkpoint,
+                                      restore_rng, rng_to_continue, tensor_bytes)
 from lm.train.evaluate import evaluate, to_device_batches, token_byte_lengths
 from lm.train.optimization import build_optimizer, grad_norm, set_lr
 from lm.train.policy import DevicePolicy, configure_backends, peak_memory, reset_peak_memory, resolve_policy
@@ -193,16 +193,7 @@ class Trainer:
 
             return restore_sharded(self, path)
         ckpt = load_training_checkpoint(path)
-        try:
-            check_state_dict(self.model, ckpt["model"])
-        except CheckpointError as e:
-            # One line per layer would bury the point: show the first few differences.
-            head, _, detail = str(e).rstrip(".").partition(": ")
-            parts = detail.split("; ")
-            shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
-            raise CheckpointError(
-                f"cannot resume from {path}: it was written for a different model than this config describes "
-                f"({shown}). Resume with the run's own config.toml, or start a new run directory.") from None
+        check_resumable_model(self.model, ckpt["model"], path)
         check_tokenizer(ckpt, self.tokenizer, path, self.run_dir / TOKENIZER_DIR)
         self.model.load_state_dict(ckpt["model"])
         if "optimizer" in ckpt:
@@ -229,14 +220,7 @@ class Trainer:
                                 last_val_bpb=t.get("last_val_bpb"))
         self._resumed_from = path
         self._exact_resume = "sampler" in ckpt and "rng" in ckpt
-        return self._rng_of(ckpt)
-
-    def _rng_of(self, ckpt: dict) -> dict | None:
-        """The RNG state this process continues from: its own rank's when the world size is unchanged."""
-        ranks = ckpt.get("rng_ranks")
-        if self.par is not None and isinstance(ranks, list) and len(ranks) == self.dist.world_size:
-            return ranks[self.dist.rank]
-        return ckpt.get("rng")
+        return rng_to_continue(ckpt, self.dist.rank, self.dist.world_size, self.par is not None)
 
     # ------------------------------------------------------------------ run
 
