@@ -156,29 +156,6 @@ def mark_graph_functions_cacheable() -> None:
         marked[f"{fn.__module__}.{fn.__name__}"] = version
 
 
-def warm_compile_workers(device: torch.device) -> None:
-    """Start Inductor's compile-worker processes now, for a compile that will come.
-
-    Inductor starts them itself only when Dynamo hands it the first graph; each
-    worker pool's first process imports torch (about 5 s on the H100 machines),
-    and kernels wanted before it is ready are compiled one by one in this
-    process. Started at setup, the pool comes up while the model, the optimizer
-    and the first graph are built. Only the Triton (CUDA) backend uses the pool.
-    Call after :func:`use_compile_cache`: the workers take the cache directory
-    from the environment they start with.
-    """
-    if device.type != "cuda":
-        return
-    import torch._inductor.async_compile as async_compile
-
-    warm = getattr(async_compile, "maybe_warm_pool", None)  # what Inductor itself calls, when it has one
-    try:
-        if warm is not None:
-            warm()
-    except Exception:  # only a head start: Inductor starts the pool itself at the first compile
-        pass
-
-
 def release_compile_workers() -> None:
     """Stop Inductor's compile-worker processes without waiting for them (before a process exits).
 

@@ -118,7 +118,6 @@ class Trainer:
         configure_backends(policy, cfg.training.threads, cfg.training.deterministic)
         if policy.compile:
             engine.use_compile_cache(cfg.data.cache_dir)
-            engine.warm_compile_workers(policy.device)  # they start while the model is built
         T = cfg.model.context_length
         for name, toks in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(toks) < T + 1:
