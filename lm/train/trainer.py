@@ -116,8 +116,6 @@ class Trainer:
         t_setup = time.perf_counter()
         self.policy = policy = self.policy or resolve_policy(cfg.training)
         configure_backends(policy, cfg.training.threads, cfg.training.deterministic)
-        if policy.compile:
-            engine.use_compile_cache(cfg.data.cache_dir)
         T = cfg.model.context_length
         for name, toks in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(toks) < T + 1:
@@ -136,6 +134,8 @@ class Trainer:
         self.checkpointing = engine.resolve_checkpointing(tr.activation_checkpointing, self.plan, policy.device,
                                                           policy.dtype == "bf16", num_params,
                                                           distributed=self.dist.distributed)
+        if self.plan.compile:
+            engine.use_compile_cache(cfg.data.cache_dir)
         engine.prepare(self.model, self.plan, self.checkpointing)
         wrapped = self._parallelize()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
