@@ -304,6 +304,7 @@ def test_compiled_regions_pass_aot_autograds_cache_check_so_a_warm_cache_skips_r
         autograd_cache.check_cacheable(g)  # raises BypassAOTAutogradCache if anything is still unknown
 
 
+@pytest.mark.slow
 def test_releasing_compile_workers_leaves_a_clean_exit_and_compiling_still_works():
     """`lab run` stops Inductor's worker pool on a thread before exiting, and Inductor's own exit
     handler runs after that. Nothing may print an error, and a compile after a release starts a new
