@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _guard(fn) -> int:
+    from lm.compile_workers import release_compile_workers
     from lm.errors import LabError
 
     try:
@@ -80,6 +81,10 @@ def _guard(fn) -> int:
         # `lab config docs | head`: the reader left; not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        # The process exits next: whatever command compiled (`lab run`, `lab bench --compile on`),
+        # don't wait seconds in Inductor's exit handler for its worker pool to shut down.
+        release_compile_workers()
     return int(code or 0)
 
 

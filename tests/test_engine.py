@@ -306,7 +306,7 @@ def test_compiled_regions_pass_aot_autograds_cache_check_so_a_warm_cache_skips_r
 
 @pytest.mark.slow
 def test_releasing_compile_workers_leaves_a_clean_exit_and_compiling_still_works():
-    """`lab run` stops Inductor's worker pool on a thread before exiting, and Inductor's own exit
+    """Every `lab` command stops Inductor's worker pool on a thread before exiting, and Inductor's own exit
     handler runs after that. Nothing may print an error, and a compile after a release starts a new
     pool. (The pool is started here the way Inductor starts it for its first CUDA graph.)"""
     import subprocess
@@ -318,7 +318,7 @@ def test_releasing_compile_workers_leaves_a_clean_exit_and_compiling_still_works
     script = (
         "import torch\n"
         "import torch._inductor.async_compile as async_compile\n"
-        "from lm.train.engine import release_compile_workers\n"
+        "from lm.compile_workers import release_compile_workers\n"
         "release_compile_workers()\n"  # nothing started yet: a no-op
         "async_compile.maybe_warm_pool()\n"
         "assert async_compile._pool_set, 'no pool started: the release below would have nothing to stop'\n"

@@ -77,9 +77,6 @@ def run(args) -> int:
                               device=args.device, overrides=args.overrides if args.resume else (),
                               summary=summary, checkpoint=args.checkpoint)
     finally:
-        from lm.train.engine import release_compile_workers
-
-        release_compile_workers()  # the process exits next: don't wait for Inductor's workers
         display.close()
     if int(os.environ.get("RANK", "0")) == 0:
         display.print_summary(code, summary)

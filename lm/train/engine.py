@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -154,35 +152,6 @@ def mark_graph_functions_cacheable() -> None:
                   for name in ("_sdpa_kernel", "_backend_from_string") if hasattr(attention, name)]
     for fn, version in functions:
         marked[f"{fn.__module__}.{fn.__name__}"] = version
-
-
-def release_compile_workers() -> None:
-    """Stop Inductor's compile-worker processes without waiting for them (before a process exits).
-
-    Inductor's exit handler waits until its worker pool has shut down: 2 s after a
-    TinyShakespeare run on an H100, 5 s after a short run whose workers were still
-    starting (each imports torch). Here Inductor forgets its pools at once (a later
-    compile starts a new one) and a daemon thread tells the old ones to stop, so the
-    exit handler finds nothing to wait for; the workers finish on their own.
-    """
-    async_compile = sys.modules.get("torch._inductor.async_compile")
-    pools = list(getattr(async_compile, "_pool_set", ()))
-    forget = getattr(async_compile, "after_fork", None)  # "reset pools to initial state without shutting them down"
-    if not pools or forget is None:  # nothing was compiled in this process, or a torch without these
-        return
-    try:
-        forget()
-    except Exception:  # leave the pools to Inductor's exit handler, as without this call
-        return
-
-    def stop() -> None:
-        for pool in pools:
-            try:
-                pool.shutdown()
-            except Exception:  # best effort: the process is on its way out
-                pass
-
-    threading.Thread(target=stop, name="lab-stop-compile-workers", daemon=True).start()
 
 
 def step_begin(plan: CompilePlan) -> None:
