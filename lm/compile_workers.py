@@ -16,10 +16,11 @@ def release_compile_workers() -> None:
 
     Inductor's exit handler waits until its worker pool has shut down: 2 s after a
     TinyShakespeare run on an H100, 5 s after a short run whose workers were still
-    starting (each imports torch). From a 30-step `lab run`'s last line to the process's end
-    it took 8.7-11.9 s on an H100 without this call, 1.4-1.7 s with it. Here Inductor forgets its pools at once (a later
-    compile starts a new one) and a daemon thread tells the old ones to stop, so the
-    exit handler finds nothing to wait for; the workers finish on their own.
+    starting (each imports torch). From a 30-step `lab run`'s last line to the end of
+    the process it took 8.7-11.9 s on an H100 without this call, 1.4-1.7 s with it.
+    Here Inductor forgets its pools at once (a later compile starts a new one) and a
+    daemon thread tells the old ones to stop, so the exit handler finds nothing to
+    wait for; the workers finish on their own.
     """
     async_compile = sys.modules.get("torch._inductor.async_compile")
     pools = list(getattr(async_compile, "_pool_set", ()))
