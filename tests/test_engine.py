@@ -122,8 +122,8 @@ def test_activation_checkpointing_gives_the_same_gradients(mode):
 
 @pytest.mark.slow
 def test_compiled_checkpointing_traces_and_keeps_what_its_policy_says():
-    """Under torch.compile (bf16 autocast, dropout on) every mode gives the gradients of no checkpointing,
-    bit for bit, without a graph break; 'weights' saves about the blocks' bf16 weight copies less than
+    """Under torch.compile (bf16 autocast, dropout on) every mode gives the gradients of no checkpointing
+    ('weights' bit for bit, the recomputing modes to bf16 rounding) without a graph break; 'weights' saves about the blocks' bf16 weight copies less than
     'none' (the policy's saved activations differ a little from the partitioner's own choice: one FFN
     activation per block more here), 'selective' less again, 'full' least. (Before, an early-stop
     context broke the graph, so every policy ran as an eager checkpoint around compiled pieces and saved
@@ -147,10 +147,13 @@ def test_compiled_checkpointing_traces_and_keeps_what_its_policy_says():
         grads[mode] = [p.grad for p in model.parameters()]
         breaks = torch._dynamo.utils.counters["graph_break"]
         assert not breaks, f"{mode}: graph breaks {dict(breaks)}"
-    for mode in ("weights", "full"):
-        assert all(torch.equal(a, b) for a, b in zip(grads["none"], grads[mode])), mode
-    for a, b in zip(grads["none"], grads["selective"]):  # recomputed bf16 elementwise ops round otherwise
-        assert (a - b).norm() <= 1e-2 * a.norm()
+    assert all(torch.equal(a, b) for a, b in zip(grads["none"], grads["weights"]))
+    # 'full' replays both dropouts' masks; with both on, its recomputed forward rounds differently from the
+    # saved one on some CPUs (bitwise equal on an earlier dev box, 1e-4..8e-4 relative on an AMD EPYC,
+    # where either dropout alone stays bitwise equal). Other dropout masks (another seed) move them by 20-70%.
+    for mode, tol in (("full", 2e-3), ("selective", 1e-2)):  # recomputed bf16 elementwise ops round otherwise
+        for a, b in zip(grads["none"], grads[mode]):
+            assert (a - b).norm() <= tol * a.norm(), mode
     copies = 2 * sum(p.numel() for layer in model.layers for p in layer.parameters() if p.dim() == 2)
     assert 0.9 * copies <= saved["none"] - saved["weights"] <= copies
     assert saved["full"] < saved["selective"] < saved["weights"]
