@@ -123,9 +123,10 @@ def test_activation_checkpointing_gives_the_same_gradients(mode):
 @pytest.mark.slow
 def test_compiled_checkpointing_traces_and_keeps_what_its_policy_says():
     """Under torch.compile (bf16 autocast, dropout on) every mode gives the gradients of no checkpointing
-    ('weights' bit for bit, the recomputing modes to bf16 rounding) without a graph break; 'weights' saves about the blocks' bf16 weight copies less than
-    'none' (the policy's saved activations differ a little from the partitioner's own choice: one FFN
-    activation per block more here), 'selective' less again, 'full' least. (Before, an early-stop
+    ('weights' bit for bit, the recomputing modes to bf16 rounding) without a graph break; 'weights'
+    saves about the blocks' bf16 weight copies less than 'none' (the policy's saved activations differ a
+    little from the partitioner's own choice: one FFN activation per block more here), 'selective' less
+    again, 'full' least. (Before, an early-stop
     context broke the graph, so every policy ran as an eager checkpoint around compiled pieces and saved
     only the block's input.)"""
     from lm.bench.saved import measure_saved
