@@ -151,7 +151,11 @@ def test_compiled_checkpointing_traces_and_keeps_what_its_policy_says():
     assert all(torch.equal(a, b) for a, b in zip(grads["none"], grads["weights"]))
     # 'full' replays both dropouts' masks; with both on, its recomputed forward rounds differently from the
     # saved one on some CPUs (bitwise equal on an earlier dev box, 1e-4..8e-4 relative on an AMD EPYC,
-    # where either dropout alone stays bitwise equal). Other dropout masks (another seed) move them by 20-70%.
+    # where either dropout alone stays bitwise equal). There the last block's FFN and output projection
+    # gradients stay bitwise equal and the first difference is in its QKV projection's (under 0.05% of the
+    # elements, at most 4e-6 of gradients up to 8e-3): rounding in the recomputed attention, not a lost
+    # mask. Neither Inductor's emulate_precision_casts nor fallback_random makes it bitwise. Other masks
+    # (another seed) move them by 20-70%.
     for mode, tol in (("full", 2e-3), ("selective", 1e-2)):  # recomputed bf16 elementwise ops round otherwise
         for a, b in zip(grads["none"], grads[mode]):
             assert (a - b).norm() <= tol * a.norm(), mode
