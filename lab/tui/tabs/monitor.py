@@ -22,6 +22,7 @@ from lab.processes import lower_thread_priority
 from lab.tui.tabs.base import LabPane
 from lab.tui.messages import FrameReady, RunsListed, ServingRead, notify
 from lab.tui.widgets.chart import Chart
+from lab.tui.widgets.progress import RunProgress
 from lab.tui.widgets.spark import Spark
 from lab.views.formats import format_duration, format_number, format_value
 from lab.views.serving import read_serving, serving_line
@@ -100,7 +101,7 @@ class MonitorPane(LabPane):
                 yield Static("", id="runs-hint")
             with VerticalScroll(id="run-detail"):
                 yield Static("select a run", id="run-header")
-                yield ProgressBar(total=1, show_eta=False, id="run-progress")
+                yield RunProgress(total=1, show_eta=False, id="run-progress")
                 yield Static("", id="run-values")
                 yield Static("", id="run-serving")
                 for name, label in SPARK_METRICS:
