@@ -73,6 +73,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 def pytest_configure(config):
+    # pytest-textual-snapshot writes its failure report into the working directory unless told
+    # otherwise (its default is a relative "snapshot_report.html"): send it to the temp dir. It prints
+    # the report's path when a snapshot differs.
+    if getattr(config.option, "snapshot_report", None) == "snapshot_report.html":
+        config.option.snapshot_report = str(Path(tempfile.gettempdir()) / "lab-snapshot-report.html")
     # Two cores: keep each test process from oversubscribing them.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
